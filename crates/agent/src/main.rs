@@ -1,0 +1,106 @@
+//! kiln-agent: runs inside kiln images, statically linked so the initramfs can use it too.
+//! It reads the GPT itself (with kiln-disk, the same code the builder writes it with) because
+//! neither the kernel nor busybox can look a partition up by its GPT identity.
+
+mod blockdev;
+mod mounts;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln-agent", version, about = "The agent inside kiln images")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the /dev path of a partition: PARTUUID=<guid>, PARTLABEL=<gpt name>,
+    /// LABEL=<ext4 label> or a /dev path. Exits 1 if it is not (yet) there.
+    Find { spec: String },
+    /// Check the running system and print the ready line on stdout:
+    /// `kiln: ready version=.. slot=.. usr=ro|rw root=rw|ro oem=..` and the devices behind them.
+    Ready,
+    /// Print the USR slots of the boot disk with their attributes and the next slot to boot.
+    Status,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Find { spec } => blockdev::find(&spec).map(|dev| println!("{}", dev.display())),
+        Cmd::Ready => ready(),
+        Cmd::Status => status(),
+    };
+    if let Err(e) = r {
+        eprintln!("kiln-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn os_release_value(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/usr/lib/os-release").ok()?;
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix(key)?.strip_prefix('=')?;
+        Some(v.trim_matches('"').to_string())
+    })
+}
+
+fn ready() -> Result<()> {
+    let version = os_release_value("VERSION_ID").unwrap_or_else(|| "unknown".into());
+    let mi = mounts::MountInfo::read()?;
+    let usr = mi.get("/usr").context("/usr is not a mount point")?;
+    let root = mi.get("/").context("/ is not in mountinfo")?;
+    let usr_part = blockdev::partition_of(usr.major, usr.minor).ok();
+    let root_part = blockdev::partition_of(root.major, root.minor).ok();
+    let slot = usr_part
+        .as_ref()
+        .and_then(|p| kiln_disk::slot::Slot::from_guid(&p.part_guid))
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    // Both the mount flag and an actual write attempt must agree.
+    let usr_ro = usr.read_only() && !mounts::writable(Path::new("/usr"));
+    let root_rw = !root.read_only() && mounts::writable(Path::new("/"));
+    let oem_id = std::fs::read_to_string("/usr/share/oem/oem-release")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("ID=").map(|v| v.trim_matches('"').to_string())))
+        .unwrap_or_else(|| "none".into());
+    let oem_label = mi
+        .get("/usr/share/oem")
+        .and_then(|m| blockdev::partition_of(m.major, m.minor).ok())
+        .map(|p| p.label)
+        .unwrap_or_else(|| "none".into());
+    println!(
+        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} oem-partlabel={oem_label}",
+        if usr_ro { "ro" } else { "rw" },
+        if root_rw { "rw" } else { "ro" },
+        usr.fstype,
+        usr_part.as_ref().map(|p| p.part_guid.to_string()).unwrap_or_else(|| "none".into()),
+        usr_part.as_ref().map(|p| p.dev.display().to_string()).unwrap_or_else(|| usr.source.clone()),
+        root.fstype,
+        root_part.as_ref().map(|p| p.label.clone()).unwrap_or_else(|| "none".into()),
+    );
+    Ok(())
+}
+
+fn status() -> Result<()> {
+    let mi = mounts::MountInfo::read()?;
+    let usr = mi.get("/usr").context("/usr is not a mount point")?;
+    let part = blockdev::partition_of(usr.major, usr.minor)?;
+    let gpt = blockdev::read_gpt(&part.disk)?;
+    for slot in [kiln_disk::Slot::A, kiln_disk::Slot::B] {
+        if let Some((n, e)) = gpt.partitions().find(|(_, e)| e.part_guid == slot.part_guid()) {
+            let running = if e.part_guid == part.part_guid { " (running)" } else { "" };
+            println!("{} partition {n} {}{running}", slot.label(), e.attributes);
+        }
+    }
+    match kiln_disk::next_boot(&gpt) {
+        Some(c) => println!("next: {}", c.slot.label()),
+        None => println!("next: none"),
+    }
+    Ok(())
+}

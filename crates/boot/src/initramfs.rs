@@ -1,0 +1,147 @@
+//! The initramfs kiln generates: a newc cpio, xz-compressed with CRC32 checks (what the
+//! kernel's XZ decoder accepts), holding a static busybox, the static kiln-agent, the board's
+//! modules in load order, and the init script. Every entry gets the same owner and mtime, and
+//! entries are written in sorted order, so the archive is repeatable.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::kernel::KernelTree;
+use crate::modules::ModuleIndex;
+
+pub const INIT_SCRIPT: &str = include_str!("init.sh");
+
+pub struct Inputs<'a> {
+    pub kernel: &'a KernelTree,
+    /// A statically linked busybox (from busybox-static).
+    pub busybox: &'a Path,
+    /// The statically linked kiln-agent.
+    pub agent: &'a Path,
+    pub modules: &'a [String],
+    /// Filesystem type of the USR image.
+    pub usr_fstype: &'a str,
+    /// How to find the OEM partition, e.g. PARTLABEL=OEM; empty for none.
+    pub oem_spec: &'a str,
+    pub epoch: i64,
+}
+
+enum Entry {
+    Dir,
+    File(PathBuf, u32),
+    Data(Vec<u8>, u32),
+    Symlink(String),
+    CharDev(u32, u32),
+}
+
+/// Builds the compressed initramfs at `out`; returns the module files it carries.
+pub fn build(inp: &Inputs, out: &Path) -> Result<Vec<String>> {
+    check_static(inp.busybox, "busybox")?;
+    check_static(inp.agent, "kiln-agent")?;
+    let index = ModuleIndex::load(&inp.kernel.modules)?;
+    let order = index.resolve(inp.modules, &inp.kernel.version)?;
+
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    for d in ["bin", "dev", "etc", "etc/kiln", "lib", "lib/modules", "proc", "run", "sys", "sysroot"] {
+        entries.insert(d.into(), Entry::Dir);
+    }
+    entries.insert("dev/console".into(), Entry::CharDev(5, 1));
+    entries.insert("bin/busybox".into(), Entry::File(inp.busybox.into(), 0o755));
+    entries.insert("bin/sh".into(), Entry::Symlink("busybox".into()));
+    entries.insert("bin/kiln-agent".into(), Entry::File(inp.agent.into(), 0o755));
+    entries.insert("init".into(), Entry::Data(INIT_SCRIPT.as_bytes().to_vec(), 0o755));
+    let conf = format!(
+        "KILN_KERNEL='{}'\nKILN_USR_FSTYPE='{}'\nKILN_OEM='{}'\n",
+        inp.kernel.version, inp.usr_fstype, inp.oem_spec
+    );
+    entries.insert("etc/kiln/initramfs.conf".into(), Entry::Data(conf.into_bytes(), 0o644));
+    let mut list = order.join("\n");
+    list.push('\n');
+    entries.insert("etc/kiln/modules".into(), Entry::Data(list.into_bytes(), 0o644));
+    let kdir = format!("lib/modules/{}", inp.kernel.version);
+    entries.insert(kdir.clone(), Entry::Dir);
+    for m in &order {
+        let mut acc = kdir.clone();
+        let parts: Vec<&str> = m.split('/').collect();
+        for p in &parts[..parts.len() - 1] {
+            acc = format!("{acc}/{p}");
+            entries.entry(acc.clone()).or_insert(Entry::Dir);
+        }
+        entries.insert(format!("{kdir}/{m}"), Entry::File(inp.kernel.modules.join(m), 0o644));
+    }
+
+    let tmp = out.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32)?;
+    let mut xz = xz2::write::XzEncoder::new_stream(std::io::BufWriter::new(file), stream);
+    let mtime = u32::try_from(inp.epoch).context("SOURCE_DATE_EPOCH does not fit a cpio header")?;
+    for (ino, (name, entry)) in entries.iter().enumerate() {
+        let b = cpio::newc::Builder::new(name)
+            .ino(ino as u32 + 1)
+            .uid(0)
+            .gid(0)
+            .mtime(mtime);
+        match entry {
+            Entry::Dir => {
+                b.mode(0o040755).nlink(2).write(&mut xz, 0).finish()?;
+            }
+            Entry::Symlink(t) => {
+                let mut w = b.mode(0o120777).nlink(1).write(&mut xz, t.len() as u32);
+                w.write_all(t.as_bytes())?;
+                w.finish()?;
+            }
+            Entry::CharDev(maj, min) => {
+                b.mode(0o020600).nlink(1).rdev_major(*maj).rdev_minor(*min).write(&mut xz, 0).finish()?;
+            }
+            Entry::File(p, mode) => {
+                let data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                write_data(b, *mode, &data, &mut xz)?;
+            }
+            Entry::Data(data, mode) => write_data(b, *mode, data, &mut xz)?,
+        }
+    }
+    cpio::newc::trailer(&mut xz)?;
+    let mut w = xz.finish()?;
+    w.flush()?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, out)?;
+    Ok(order)
+}
+
+fn write_data<W: Write>(b: cpio::newc::Builder, mode: u32, data: &[u8], w: &mut W) -> Result<()> {
+    let len = u32::try_from(data.len()).context("file too large for cpio")?;
+    let mut cw = b.mode(0o100000 | mode).nlink(1).write(w, len);
+    cw.write_all(data)?;
+    cw.finish()?;
+    Ok(())
+}
+
+/// An ELF without a PT_INTERP program header needs no dynamic loader, which the initramfs
+/// does not have.
+pub fn check_static(path: &Path, what: &str) -> Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {what} at {}", path.display()))?;
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        bail!("{what} at {} is not a 64-bit ELF executable", path.display());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap()) as usize;
+    let phentsize = u16_at(54);
+    let phnum = u16_at(56);
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if o + 4 > data.len() {
+            bail!("{what} at {}: truncated program headers", path.display());
+        }
+        let p_type = u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+        if p_type == 3 {
+            bail!(
+                "{what} at {} is dynamically linked; the initramfs needs a static binary \
+                 (busybox from busybox-static; kiln-agent built with -C target-feature=+crt-static)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Writing into a staging tree (a root filesystem being assembled) without ever leaving it.
+//! Paths are resolved the way a chroot would: absolute symlinks restart at the staging root
+//! and `..` stops there, so a symlink in the tree (or in an overlay) cannot send a write to the
+//! host.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use filetime::FileTime;
+use walkdir::WalkDir;
+
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves `rel` (a path inside the image) to a host path under `root`, following symlinks
+/// found in `root` as if `root` were `/`. The last component is not followed when
+/// `follow_last` is false (so a symlink itself can be replaced).
+pub fn resolve_in_root(root: &Path, rel: &Path, follow_last: bool) -> Result<PathBuf> {
+    let mut pending: Vec<OsString> = components(rel);
+    pending.reverse();
+    let mut cur: Vec<OsString> = Vec::new();
+    let mut followed = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let candidate = root.join(cur.iter().collect::<PathBuf>()).join(&c);
+        let is_last = pending.is_empty();
+        match candidate.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    bail!("too many levels of symlinks resolving {} in {}", rel.display(), root.display());
+                }
+                let target = std::fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    cur.clear();
+                }
+                let mut t = components(&target);
+                t.reverse();
+                pending.extend(t);
+            }
+            _ => cur.push(c),
+        }
+    }
+    Ok(root.join(cur.iter().collect::<PathBuf>()))
+}
+
+fn components(p: &Path) -> Vec<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `mkdir -p` inside the image.
+pub fn create_dir_all_in(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut done = PathBuf::new();
+    for c in components(rel) {
+        done.push(&c);
+        let host = resolve_in_root(root, &done, true)?;
+        match host.symlink_metadata() {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{} exists in the image and is not a directory", done.display()),
+            Err(_) => std::fs::create_dir(&host)
+                .with_context(|| format!("cannot create {}", host.display()))?,
+        }
+    }
+    resolve_in_root(root, rel, true)
+}
+
+/// Writes a file at an image path, replacing what is there (a symlink is replaced, not
+/// followed).
+pub fn write_file_in(root: &Path, rel: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let dir = create_dir_all_in(root, parent)?;
+    let name = rel.file_name().context("empty path")?;
+    let host = dir.join(name);
+    remove_non_dir(&host)?;
+    std::fs::write(&host, data).with_context(|| format!("cannot write {}", host.display()))?;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn remove_non_dir(host: &Path) -> Result<()> {
+    if let Ok(m) = host.symlink_metadata() {
+        if m.is_dir() {
+            bail!("{} is a directory", host.display());
+        }
+        std::fs::remove_file(host).with_context(|| format!("cannot replace {}", host.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies an overlay tree over the image: directories are merged, files and symlinks replace
+/// what is there. Symlinks are copied as symlinks, never followed on the host.
+pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
+    for e in WalkDir::new(overlay).follow_links(false).sort_by_file_name().min_depth(1) {
+        let e = e.with_context(|| format!("cannot walk {}", overlay.display()))?;
+        let rel = e.path().strip_prefix(overlay)?;
+        let m = e.path().symlink_metadata()?;
+        if m.is_dir() {
+            let host = create_dir_all_in(root, rel)?;
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            continue;
+        }
+        let parent = create_dir_all_in(root, rel.parent().unwrap_or(Path::new("")))?;
+        let host = parent.join(rel.file_name().context("empty path")?);
+        remove_non_dir(&host)?;
+        if m.file_type().is_symlink() {
+            symlink(std::fs::read_link(e.path())?, &host)
+                .with_context(|| format!("cannot create symlink {}", host.display()))?;
+        } else if m.is_file() {
+            std::fs::copy(e.path(), &host)
+                .with_context(|| format!("cannot copy {} to {}", e.path().display(), host.display()))?;
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        } else {
+            bail!("{}: overlays may hold files, directories and symlinks only", e.path().display());
+        }
+    }
+    Ok(())
+}
+
+/// Sets every timestamp in a tree to `epoch` (symlinks included), so filesystems built from it
+/// do not depend on when the files were written.
+pub fn normalize_times(root: &Path, epoch: i64) -> Result<()> {
+    let t = FileTime::from_unix_time(epoch, 0);
+    for e in WalkDir::new(root).follow_links(false) {
+        let e = e.with_context(|| format!("cannot walk {}", root.display()))?;
+        filetime::set_symlink_file_times(e.path(), t, t)
+            .with_context(|| format!("cannot set times of {}", e.path().display()))?;
+    }
+    Ok(())
+}
+
+/// Copies a tree with hard links where possible (same filesystem), else by copying; keeps
+/// symlinks, modes and ownership. Used to assemble partition trees from cached stages
+/// without duplicating their bytes.
+pub fn link_or_copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    for e in WalkDir::new(src).follow_links(false).sort_by_file_name() {
+        let e = e.with_context(|| format!("cannot walk {}", src.display()))?;
+        let rel = e.path().strip_prefix(src)?;
+        let to = dst.join(rel);
+        let m = e.path().symlink_metadata()?;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            if !to.exists() {
+                std::fs::create_dir(&to).with_context(|| format!("cannot create {}", to.display()))?;
+            }
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        } else if ft.is_symlink() {
+            symlink(std::fs::read_link(e.path())?, &to)
+                .with_context(|| format!("cannot create symlink {}", to.display()))?;
+        } else if ft.is_file() {
+            if std::fs::hard_link(e.path(), &to).is_err() {
+                std::fs::copy(e.path(), &to)
+                    .with_context(|| format!("cannot copy {}", e.path().display()))?;
+            }
+        } else {
+            // Device nodes and fifos: recreate with mknod so ownership and numbers survive.
+            let c = std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?;
+            // SAFETY: c is a valid NUL-terminated path; mode and rdev come from lstat.
+            let rc = unsafe { libc::mknod(c.as_ptr(), m.mode(), m.rdev() as libc::dev_t) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot create device node {}", to.display()));
+            }
+        }
+        // Ownership matters in the image (files owned by system users).
+        let c = std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?;
+        // SAFETY: valid path; lchown does not follow symlinks.
+        unsafe { libc::lchown(c.as_ptr(), m.uid(), m.gid()) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_cannot_leave_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("usr/bin", root.join("bin")).unwrap();
+        symlink("/etc", root.join("usr/evil")).unwrap();
+        symlink("../../../../../../tmp", root.join("usr/climb")).unwrap();
+        assert_eq!(resolve_in_root(&root, Path::new("bin/sh"), true).unwrap(), root.join("usr/bin/sh"));
+        // An absolute symlink lands in the image's /etc, not the host's.
+        assert_eq!(resolve_in_root(&root, Path::new("usr/evil/passwd"), true).unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(&root, Path::new("usr/climb/x"), true).unwrap(), root.join("tmp/x"));
+        write_file_in(&root, Path::new("usr/evil/passwd"), b"x", 0o644).unwrap();
+        assert_eq!(std::fs::read(root.join("etc/passwd")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn symlink_loops_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        symlink("b", d.path().join("a")).unwrap();
+        symlink("a", d.path().join("b")).unwrap();
+        assert!(resolve_in_root(d.path(), Path::new("a/x"), true).is_err());
+    }
+
+    #[test]
+    fn overlay_through_image_symlink_stays_inside() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let ov = d.path().join("ov");
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        symlink("/usr/sbin", root.join("sbin")).unwrap();
+        std::fs::create_dir_all(ov.join("sbin")).unwrap();
+        std::fs::write(ov.join("sbin/init"), "#!/bin/sh\n").unwrap();
+        apply_overlay(&ov, &root).unwrap();
+        assert!(root.join("usr/sbin/init").is_file());
+    }
+}

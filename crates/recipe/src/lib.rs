@@ -1,0 +1,531 @@
+//! kiln's data model. A recipe names a board profile; the board names a disk layout and an
+//! OEM tree. [`load`] reads all three, checks every reference and every file they point at,
+//! and returns one [`Resolved`] value that the build consumes. Errors point at
+//! `file:line:column`.
+
+pub mod board;
+pub mod layout;
+pub mod recipe;
+pub mod source;
+pub mod tree;
+pub mod units;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use board::Firmware;
+pub use layout::{Content, Filesystem, Layout, Partition, SlotName};
+pub use source::SourceFile;
+pub use units::ByteSize;
+
+/// Where to look for board profiles when the caller does not say.
+pub const BOARD_DIR_NAME: &str = "board-profiles";
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Board profiles directory; default: the nearest `board-profiles/` above the recipe.
+    pub board_dir: Option<PathBuf>,
+}
+
+/// A recipe with its board, layout and trees resolved and checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolved {
+    pub name: String,
+    #[serde(skip)]
+    pub recipe_path: PathBuf,
+    #[serde(skip)]
+    pub board_dir: PathBuf,
+    pub os: Os,
+    pub packages: Packages,
+    #[serde(skip)]
+    pub overlays: Vec<PathBuf>,
+    pub usr_filesystem: Filesystem,
+    pub usr_compression: String,
+    pub board: Board,
+    pub kernel: Kernel,
+    pub layout: Layout,
+    pub oem: Oem,
+    pub source_date_epoch: i64,
+    /// Content hashes of overlays and the OEM tree, in order.
+    pub tree_hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Os {
+    pub name: String,
+    pub id: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Packages {
+    pub suite: String,
+    pub mirrors: Vec<String>,
+    pub components: Vec<String>,
+    pub variant: String,
+    pub include: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Board {
+    pub name: String,
+    pub arch: String,
+    pub debian_arch: String,
+    pub firmware: Vec<Firmware>,
+    pub grub: board::GrubDef,
+    pub qemu: board::QemuDef,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kernel {
+    pub source: board::KernelSource,
+    pub package: String,
+    pub cmdline: Vec<String>,
+    pub initramfs_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Oem {
+    pub id: String,
+    #[serde(skip)]
+    pub tree: PathBuf,
+}
+
+impl Resolved {
+    /// A hash of everything that defines the image, independent of where the checkout
+    /// lives. Seeds every identifier that would otherwise be random.
+    pub fn identity(&self) -> String {
+        let json = serde_json::to_vec(self).expect("model serializes");
+        hex::encode(Sha256::digest(json))
+    }
+
+    pub fn has_firmware(&self, f: Firmware) -> bool {
+        self.board.firmware.contains(&f)
+    }
+}
+
+/// The known board names in a board-profiles directory, for error messages.
+pub fn known_boards(board_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(board_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn find_board_dir(recipe_path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(recipe_path).ok()?;
+    abs.ancestors()
+        .skip(1)
+        .map(|d| d.join(BOARD_DIR_NAME))
+        .find(|d| d.is_dir())
+}
+
+/// Read and check a recipe, its board profile, layout, overlays and OEM tree.
+pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
+    let recipe_src = SourceFile::read(recipe_path)?;
+    let r: recipe::RecipeFile = recipe_src.parse()?;
+    let recipe_dir = recipe_path.parent().unwrap_or(Path::new("."));
+
+    let name = match &r.name {
+        Some(n) => {
+            check_name(n.get_ref()).map_err(|m| recipe_src.error_at(&n.span(), m))?;
+            n.get_ref().clone()
+        }
+        None => {
+            let stem = recipe_path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("image")
+                .to_string();
+            check_name(&stem).map_err(|m| {
+                anyhow::anyhow!("{}: recipe file name: {m}; or set `name`", recipe_path.display())
+            })?;
+            stem
+        }
+    };
+    check_name(r.os.id.get_ref()).map_err(|m| recipe_src.error_at(&r.os.id.span(), m))?;
+    if r.os.version.get_ref().is_empty()
+        || r.os.version.get_ref().chars().any(|c| c.is_whitespace())
+    {
+        return Err(recipe_src.error_at(
+            &r.os.version.span(),
+            "os.version must be non-empty and contain no whitespace",
+        ));
+    }
+
+    // Board profile.
+    let board_dir = match &opts.board_dir {
+        Some(d) => d.clone(),
+        None => find_board_dir(recipe_path).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no `{BOARD_DIR_NAME}/` directory found above {}; pass --board-dir",
+                recipe_path.display()
+            )
+        })?,
+    };
+    let board_name = r.board.get_ref();
+    let board_path = board_dir.join(format!("{board_name}.toml"));
+    if check_name(board_name).is_err() || !board_path.is_file() {
+        let known = known_boards(&board_dir);
+        return Err(recipe_src.error_at(
+            &r.board.span(),
+            format!(
+                "unknown board `{board_name}`; known boards in {}: {}",
+                board_dir.display(),
+                if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+            ),
+        ));
+    }
+    let board_src = SourceFile::read(&board_path)?;
+    let b: board::BoardFile = board_src.parse()?;
+    if b.name.get_ref() != board_name {
+        return Err(board_src.error_at(
+            &b.name.span(),
+            format!("board name `{}` does not match its file name `{board_name}.toml`", b.name.get_ref()),
+        ));
+    }
+    let mut firmware = Vec::new();
+    for f in &b.firmware {
+        if firmware.contains(f.get_ref()) {
+            return Err(board_src.error_at(&f.span(), "firmware listed twice"));
+        }
+        firmware.push(*f.get_ref());
+    }
+    if firmware.is_empty() {
+        bail!("{}: `firmware` must name at least one of bios, uefi", board_path.display());
+    }
+    if firmware.contains(&Firmware::Bios) && b.grub.bios_target.is_none() {
+        bail!("{}: firmware includes bios but grub.bios-target is not set", board_path.display());
+    }
+    if firmware.contains(&Firmware::Uefi)
+        && (b.grub.efi_target.is_none() || b.grub.efi_binary.is_none())
+    {
+        bail!(
+            "{}: firmware includes uefi but grub.efi-target or grub.efi-binary is not set",
+            board_path.display()
+        );
+    }
+
+    // Layout, with the recipe's variant if it names one.
+    let layout_path = board_dir.join(b.layout.file.get_ref());
+    if !layout_path.is_file() {
+        return Err(board_src.error_at(
+            &b.layout.file.span(),
+            format!("layout file {} does not exist", layout_path.display()),
+        ));
+    }
+    let (variant, variant_src) = match &r.layout.variant {
+        Some(v) => (v.clone(), &recipe_src),
+        None => (b.layout.variant.clone(), &board_src),
+    };
+    let layout = load_layout(&layout_path, &variant, variant_src)?;
+    check_layout_for_firmware(&layout, &firmware, &layout_path)?;
+
+    // USR filesystem and compression.
+    let usr_part = layout.slot(SlotName::A).expect("checked in load_layout");
+    let usr_filesystem = r
+        .rootfs
+        .usr_filesystem
+        .or(usr_part.filesystem)
+        .unwrap_or(Filesystem::Erofs);
+    if usr_filesystem == Filesystem::Vfat {
+        bail!("{}: USR cannot be vfat; use erofs or ext4", recipe_path.display());
+    }
+    let usr_compression = match &r.rootfs.usr_compression {
+        Some(c) => {
+            if !["lz4", "lz4hc", "none"].contains(&c.get_ref().as_str()) {
+                return Err(recipe_src.error_at(
+                    &c.span(),
+                    format!("unknown usr-compression `{}`; use lz4, lz4hc or none", c.get_ref()),
+                ));
+            }
+            if usr_filesystem != Filesystem::Erofs && c.get_ref() != "none" {
+                return Err(recipe_src.error_at(&c.span(), "usr-compression needs usr-filesystem = \"erofs\""));
+            }
+            c.get_ref().clone()
+        }
+        None if usr_filesystem == Filesystem::Erofs => "lz4".into(),
+        None => "none".into(),
+    };
+
+    // Packages.
+    let variants = [
+        "extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important",
+        "debootstrap", "standard",
+    ];
+    if !variants.contains(&r.packages.variant.get_ref().as_str()) {
+        return Err(recipe_src.error_at(
+            &r.packages.variant.span(),
+            format!(
+                "unknown mmdebstrap variant `{}`; use one of {}",
+                r.packages.variant.get_ref(),
+                variants.join(", ")
+            ),
+        ));
+    }
+    if r.packages.mirrors.is_empty() {
+        bail!("{}: packages.mirrors must name at least one mirror", recipe_path.display());
+    }
+
+    // Overlays.
+    let mut overlays = Vec::new();
+    let mut tree_hashes = Vec::new();
+    for o in &r.rootfs.overlays {
+        let p = recipe_dir.join(o.get_ref());
+        if !p.is_dir() {
+            return Err(recipe_src.error_at(
+                &o.span(),
+                format!("overlay directory {} does not exist", p.display()),
+            ));
+        }
+        tree::check_symlinks_inside(&p).map_err(|e| recipe_src.error_at(&o.span(), e))?;
+        tree_hashes.push(tree::hash_tree(&p)?);
+        overlays.push(p);
+    }
+
+    // OEM tree: the recipe's if it names one, else the board's.
+    let (oem_tree, oem_span, oem_src) = match &r.oem.tree {
+        Some(t) => (recipe_dir.join(t.get_ref()), t.span(), &recipe_src),
+        None => (board_dir.join(b.oem.tree.get_ref()), b.oem.tree.span(), &board_src),
+    };
+    if !oem_tree.is_dir() {
+        return Err(oem_src.error_at(
+            &oem_span,
+            format!("OEM tree {} does not exist", oem_tree.display()),
+        ));
+    }
+    tree::check_symlinks_inside(&oem_tree).map_err(|e| oem_src.error_at(&oem_span, e))?;
+    tree_hashes.push(tree::hash_tree(&oem_tree)?);
+    let oem_id = r.oem.id.clone().unwrap_or(b.oem.id.clone());
+    check_name(&oem_id).map_err(|m| anyhow::anyhow!("{}: oem id: {m}", recipe_path.display()))?;
+
+    let mut cmdline = b.kernel.cmdline.clone();
+    cmdline.extend(r.kernel.cmdline.iter().cloned());
+    let mut initramfs_modules = b.kernel.initramfs_modules.clone();
+    initramfs_modules.extend(r.kernel.initramfs_modules.iter().cloned());
+
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"))?,
+        Err(_) => r.source_date_epoch.unwrap_or(0),
+    };
+    if source_date_epoch < 0 {
+        bail!("source-date-epoch must not be negative");
+    }
+
+    Ok(Resolved {
+        name,
+        recipe_path: recipe_path.to_path_buf(),
+        board_dir,
+        os: Os {
+            name: r.os.name.clone(),
+            id: r.os.id.get_ref().clone(),
+            version: r.os.version.get_ref().clone(),
+        },
+        packages: Packages {
+            suite: r.packages.suite.clone(),
+            mirrors: r.packages.mirrors.clone(),
+            components: r.packages.components.clone(),
+            variant: r.packages.variant.get_ref().clone(),
+            include: r.packages.include.clone(),
+        },
+        overlays,
+        usr_filesystem,
+        usr_compression,
+        board: Board {
+            name: board_name.clone(),
+            arch: b.arch.clone(),
+            debian_arch: b.debian_arch.clone(),
+            firmware,
+            grub: b.grub.clone(),
+            qemu: b.qemu.clone(),
+        },
+        kernel: Kernel {
+            source: b.kernel.source,
+            package: r.kernel.package.clone().unwrap_or(b.kernel.package.clone()),
+            cmdline,
+            initramfs_modules,
+        },
+        layout,
+        oem: Oem {
+            id: oem_id,
+            tree: oem_tree,
+        },
+        source_date_epoch,
+        tree_hashes,
+    })
+}
+
+/// Names used in file names and identifiers: lower-case letters, digits, `-`, `_`, `.`.
+fn check_name(s: &str) -> std::result::Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && !s.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a valid name: use 1-64 lower-case letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+fn load_layout(
+    path: &Path,
+    variant: &toml::Spanned<String>,
+    variant_src: &SourceFile,
+) -> Result<Layout> {
+    let src = SourceFile::read(path)?;
+    let f: layout::LayoutFile = src.parse()?;
+    let v = f.variants.get(variant.get_ref()).ok_or_else(|| {
+        variant_src.error_at(
+            &variant.span(),
+            format!(
+                "unknown layout variant `{}`; {} defines: {}",
+                variant.get_ref(),
+                path.display(),
+                f.variants.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    if f.alignment.0 == 0 || f.alignment.0 % 512 != 0 {
+        bail!("{}: alignment must be a non-zero multiple of 512 bytes", path.display());
+    }
+    let mut numbers = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    let mut parts = Vec::new();
+    for p in &f.partitions {
+        let n = *p.number.get_ref();
+        if !(1..=128).contains(&n) {
+            return Err(src.error_at(&p.number.span(), "partition number must be 1..=128"));
+        }
+        if !numbers.insert(n) {
+            return Err(src.error_at(&p.number.span(), format!("partition number {n} is used twice")));
+        }
+        let label = p.label.get_ref();
+        if label.is_empty() || label.encode_utf16().count() > 36 {
+            return Err(src.error_at(&p.label.span(), "a GPT label has 1 to 36 UTF-16 code units"));
+        }
+        if !labels.insert(label.clone()) {
+            return Err(src.error_at(&p.label.span(), format!("label `{label}` is used twice")));
+        }
+        let type_guid = *f.types.get(p.type_name.get_ref()).ok_or_else(|| {
+            src.error_at(
+                &p.type_name.span(),
+                format!(
+                    "unknown partition type `{}`; [types] defines: {}",
+                    p.type_name.get_ref(),
+                    f.types.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        if p.priority > 15 || p.tries > 15 {
+            return Err(src.error_at(&p.number.span(), "priority and tries are 4-bit values (0..=15)"));
+        }
+        let size = v.sizes.get(label).map(|s| *s.get_ref()).unwrap_or(p.size);
+        if size.0 == 0 {
+            return Err(src.error_at(&p.label.span(), "a partition cannot have size 0; leave the number out instead"));
+        }
+        parts.push(Partition {
+            number: n,
+            label: label.clone(),
+            type_name: p.type_name.get_ref().clone(),
+            type_guid,
+            uuid: p.uuid,
+            size,
+            content: p.content,
+            filesystem: p.filesystem,
+            slot: p.slot,
+            priority: p.priority,
+            tries: p.tries,
+            successful: p.successful,
+        });
+    }
+    for (label, size) in &v.sizes {
+        if !labels.contains(label) {
+            return Err(src.error_at(&size.span(), format!("variant resizes `{label}`, which is not a partition label")));
+        }
+    }
+    parts.sort_by_key(|p| p.number);
+
+    // Roles the build relies on.
+    let mut roles: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &parts {
+        let role = match (p.content, p.slot) {
+            (_, Some(SlotName::A)) => "slot a",
+            (_, Some(SlotName::B)) => "slot b",
+            (Content::Usr, None) => "usr without slot",
+            (Content::Esp, _) => "esp",
+            (Content::BiosBoot, _) => "bios-boot",
+            (Content::Oem, _) => "oem",
+            (Content::Root, _) => "root",
+            (Content::Empty, _) => continue,
+        };
+        *roles.entry(role).or_default() += 1;
+    }
+    if roles.contains_key("usr without slot") {
+        bail!("{}: a partition with content = \"usr\" needs slot = \"a\"", path.display());
+    }
+    for role in ["slot a", "slot b", "root", "oem"] {
+        match roles.get(role).copied().unwrap_or(0) {
+            1 => {}
+            0 => bail!("{}: the layout needs one {role} partition", path.display()),
+            _ => bail!("{}: the layout has more than one {role} partition", path.display()),
+        }
+    }
+    for role in ["esp", "bios-boot"] {
+        if roles.get(role).copied().unwrap_or(0) > 1 {
+            bail!("{}: the layout has more than one {role} partition", path.display());
+        }
+    }
+    let a = parts.iter().find(|p| p.slot == Some(SlotName::A)).expect("counted");
+    let b = parts.iter().find(|p| p.slot == Some(SlotName::B)).expect("counted");
+    if a.content != Content::Usr || b.content != Content::Empty || a.uuid.is_none() || b.uuid.is_none() {
+        bail!(
+            "{}: slot a must have content = \"usr\", slot b content = \"empty\", both a fixed uuid",
+            path.display()
+        );
+    }
+    for p in &parts {
+        let needs_fs = matches!(p.content, Content::Esp | Content::Oem | Content::Root);
+        if needs_fs && p.filesystem.is_none() {
+            bail!("{}: partition {} needs a `filesystem`", path.display(), p.label);
+        }
+    }
+
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("layout")
+        .to_string();
+    Ok(Layout {
+        name,
+        variant: variant.get_ref().clone(),
+        alignment: f.alignment.0,
+        partitions: parts,
+    })
+}
+
+fn check_layout_for_firmware(layout: &Layout, firmware: &[Firmware], path: &Path) -> Result<()> {
+    if layout.by_content(Content::Esp).is_none() {
+        bail!("{}: the layout needs an esp partition (kernels live there)", path.display());
+    }
+    if firmware.contains(&Firmware::Bios) && layout.by_content(Content::BiosBoot).is_none() {
+        bail!("{}: BIOS firmware needs a bios-boot partition in the layout", path.display());
+    }
+    Ok(())
+}

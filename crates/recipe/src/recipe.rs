@@ -1,0 +1,101 @@
+//! The recipe file: what image to build. Everything a board already says is optional here;
+//! a recipe overrides board values only where that makes sense.
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::layout::Filesystem;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RecipeFile {
+    /// Defaults to the file name without `.toml`.
+    pub name: Option<Spanned<String>>,
+    pub description: Option<String>,
+    /// Board profile name, looked up as `<board-profiles>/<board>.toml`.
+    pub board: Spanned<String>,
+    /// Timestamp for every file and filesystem of the image (overridden by the
+    /// SOURCE_DATE_EPOCH environment variable).
+    pub source_date_epoch: Option<i64>,
+    pub os: OsDef,
+    pub packages: PackagesDef,
+    #[serde(default)]
+    pub rootfs: RootfsDef,
+    #[serde(default)]
+    pub kernel: KernelOverride,
+    #[serde(default)]
+    pub layout: LayoutOverride,
+    #[serde(default)]
+    pub oem: OemOverride,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OsDef {
+    /// NAME in os-release.
+    pub name: String,
+    /// ID in os-release (lower case, no spaces).
+    pub id: Spanned<String>,
+    /// VERSION_ID, printed on the console when the image is ready.
+    pub version: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PackagesDef {
+    /// Debian suite, e.g. bookworm.
+    pub suite: String,
+    /// Mirrors, tried in order by apt.
+    pub mirrors: Vec<String>,
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// mmdebstrap variant (essential, minbase, apt, ...).
+    pub variant: Spanned<String>,
+    /// Packages installed on top of the variant.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RootfsDef {
+    /// Directories, relative to the recipe file, copied over the root filesystem in order.
+    #[serde(default)]
+    pub overlays: Vec<Spanned<String>>,
+    /// Overrides the layout's filesystem for USR.
+    pub usr_filesystem: Option<Filesystem>,
+    /// erofs compressor for USR: lz4, lz4hc or none.
+    pub usr_compression: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KernelOverride {
+    /// Replaces the board's kernel package.
+    pub package: Option<String>,
+    /// Appended to the board's command line.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Appended to the board's initramfs modules.
+    #[serde(default)]
+    pub initramfs_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LayoutOverride {
+    /// Replaces the board's layout variant.
+    pub variant: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OemOverride {
+    pub id: Option<String>,
+    /// OEM tree relative to the recipe file; replaces the board's.
+    pub tree: Option<Spanned<String>>,
+}
