@@ -15,7 +15,9 @@ pub struct PartInfo {
 }
 
 fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// The GPT of a whole-disk device.
@@ -36,7 +38,10 @@ pub fn partition_of(major: u32, minor: u32) -> Result<PartInfo> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{} is not a partition", sys.display()))?;
     let name = sys.file_name().context("bad sysfs path")?;
-    let disk_name = sys.parent().and_then(|p| p.file_name()).context("partition without a disk")?;
+    let disk_name = sys
+        .parent()
+        .and_then(|p| p.file_name())
+        .context("partition without a disk")?;
     let disk = Path::new("/dev").join(disk_name);
     let gpt = read_gpt(&disk)?;
     let e = gpt
@@ -77,7 +82,8 @@ pub fn find(spec: &str) -> Result<PathBuf> {
     names.sort();
     for name in names {
         let sys = Path::new("/sys/class/block").join(&name);
-        let Some(number) = read_trim(&sys.join("partition")).and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(number) = read_trim(&sys.join("partition")).and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let dev = Path::new("/dev").join(&name);
@@ -87,10 +93,18 @@ pub fn find(spec: &str) -> Result<PathBuf> {
             }
             continue;
         }
-        let Ok(real) = std::fs::canonicalize(&sys) else { continue };
-        let Some(disk_name) = real.parent().and_then(|p| p.file_name()) else { continue };
-        let Ok(gpt) = read_gpt(&Path::new("/dev").join(disk_name)) else { continue };
-        let Some(e) = gpt.partition(number) else { continue };
+        let Ok(real) = std::fs::canonicalize(&sys) else {
+            continue;
+        };
+        let Some(disk_name) = real.parent().and_then(|p| p.file_name()) else {
+            continue;
+        };
+        let Ok(gpt) = read_gpt(&Path::new("/dev").join(disk_name)) else {
+            continue;
+        };
+        let Some(e) = gpt.partition(number) else {
+            continue;
+        };
         let hit = match want_guid {
             Some(g) => e.part_guid == g,
             None => e.name == value,

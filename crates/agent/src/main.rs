@@ -67,7 +67,12 @@ fn ready() -> Result<()> {
     let root_rw = !root.read_only() && mounts::writable(Path::new("/"));
     let oem_id = std::fs::read_to_string("/usr/share/oem/oem-release")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("ID=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("ID=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .unwrap_or_else(|| "none".into());
     let oem_label = mi
         .get("/usr/share/oem")
@@ -93,8 +98,15 @@ fn status() -> Result<()> {
     let part = blockdev::partition_of(usr.major, usr.minor)?;
     let gpt = blockdev::read_gpt(&part.disk)?;
     for slot in [kiln_disk::Slot::A, kiln_disk::Slot::B] {
-        if let Some((n, e)) = gpt.partitions().find(|(_, e)| e.part_guid == slot.part_guid()) {
-            let running = if e.part_guid == part.part_guid { " (running)" } else { "" };
+        if let Some((n, e)) = gpt
+            .partitions()
+            .find(|(_, e)| e.part_guid == slot.part_guid())
+        {
+            let running = if e.part_guid == part.part_guid {
+                " (running)"
+            } else {
+                ""
+            };
             println!("{} partition {n} {}{running}", slot.label(), e.attributes);
         }
     }

@@ -23,7 +23,8 @@ pub struct MountInfo(Vec<Mount>);
 
 impl MountInfo {
     pub fn read() -> Result<Self> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("cannot read /proc/self/mountinfo")?;
         Ok(Self(text.lines().filter_map(parse_line).collect()))
     }
 
@@ -49,7 +50,10 @@ fn parse_line(line: &str) -> Option<Mount> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Tries to create and remove a file in `dir`.

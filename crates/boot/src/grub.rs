@@ -30,7 +30,10 @@ pub fn mkimage(target: &str, prefix: &str, modules: &[String], out: &Path) -> Re
             "arm64-efi" => "grub-efi-arm64-bin",
             _ => "the grub package for this target",
         };
-        bail!("GRUB modules for {target} are missing in {}: install {pkg}", dir.display());
+        bail!(
+            "GRUB modules for {target} are missing in {}: install {pkg}",
+            dir.display()
+        );
     }
     let mkimage = tools::require("grub-mkimage")?;
     cmd::run(

@@ -44,22 +44,45 @@ pub fn build(inp: &Inputs, out: &Path) -> Result<Vec<String>> {
     let order = index.resolve(inp.modules, &inp.kernel.version)?;
 
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    for d in ["bin", "dev", "etc", "etc/kiln", "lib", "lib/modules", "proc", "run", "sys", "sysroot"] {
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "etc/kiln",
+        "lib",
+        "lib/modules",
+        "proc",
+        "run",
+        "sys",
+        "sysroot",
+    ] {
         entries.insert(d.into(), Entry::Dir);
     }
     entries.insert("dev/console".into(), Entry::CharDev(5, 1));
     entries.insert("bin/busybox".into(), Entry::File(inp.busybox.into(), 0o755));
     entries.insert("bin/sh".into(), Entry::Symlink("busybox".into()));
-    entries.insert("bin/kiln-agent".into(), Entry::File(inp.agent.into(), 0o755));
-    entries.insert("init".into(), Entry::Data(INIT_SCRIPT.as_bytes().to_vec(), 0o755));
+    entries.insert(
+        "bin/kiln-agent".into(),
+        Entry::File(inp.agent.into(), 0o755),
+    );
+    entries.insert(
+        "init".into(),
+        Entry::Data(INIT_SCRIPT.as_bytes().to_vec(), 0o755),
+    );
     let conf = format!(
         "KILN_KERNEL='{}'\nKILN_USR_FSTYPE='{}'\nKILN_OEM='{}'\n",
         inp.kernel.version, inp.usr_fstype, inp.oem_spec
     );
-    entries.insert("etc/kiln/initramfs.conf".into(), Entry::Data(conf.into_bytes(), 0o644));
+    entries.insert(
+        "etc/kiln/initramfs.conf".into(),
+        Entry::Data(conf.into_bytes(), 0o644),
+    );
     let mut list = order.join("\n");
     list.push('\n');
-    entries.insert("etc/kiln/modules".into(), Entry::Data(list.into_bytes(), 0o644));
+    entries.insert(
+        "etc/kiln/modules".into(),
+        Entry::Data(list.into_bytes(), 0o644),
+    );
     let kdir = format!("lib/modules/{}", inp.kernel.version);
     entries.insert(kdir.clone(), Entry::Dir);
     for m in &order {
@@ -69,11 +92,15 @@ pub fn build(inp: &Inputs, out: &Path) -> Result<Vec<String>> {
             acc = format!("{acc}/{p}");
             entries.entry(acc.clone()).or_insert(Entry::Dir);
         }
-        entries.insert(format!("{kdir}/{m}"), Entry::File(inp.kernel.modules.join(m), 0o644));
+        entries.insert(
+            format!("{kdir}/{m}"),
+            Entry::File(inp.kernel.modules.join(m), 0o644),
+        );
     }
 
     let tmp = out.with_extension("tmp");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32)?;
     let mut xz = xz2::write::XzEncoder::new_stream(std::io::BufWriter::new(file), stream);
     let mtime = u32::try_from(inp.epoch).context("SOURCE_DATE_EPOCH does not fit a cpio header")?;
@@ -93,10 +120,16 @@ pub fn build(inp: &Inputs, out: &Path) -> Result<Vec<String>> {
                 w.finish()?;
             }
             Entry::CharDev(maj, min) => {
-                b.mode(0o020600).nlink(1).rdev_major(*maj).rdev_minor(*min).write(&mut xz, 0).finish()?;
+                b.mode(0o020600)
+                    .nlink(1)
+                    .rdev_major(*maj)
+                    .rdev_minor(*min)
+                    .write(&mut xz, 0)
+                    .finish()?;
             }
             Entry::File(p, mode) => {
-                let data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let data =
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
                 write_data(b, *mode, &data, &mut xz)?;
             }
             Entry::Data(data, mode) => write_data(b, *mode, data, &mut xz)?,
@@ -121,9 +154,13 @@ fn write_data<W: Write>(b: cpio::newc::Builder, mode: u32, data: &[u8], w: &mut 
 /// An ELF without a PT_INTERP program header needs no dynamic loader, which the initramfs
 /// does not have.
 pub fn check_static(path: &Path, what: &str) -> Result<()> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {what} at {}", path.display()))?;
+    let data =
+        std::fs::read(path).with_context(|| format!("cannot read {what} at {}", path.display()))?;
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
-        bail!("{what} at {} is not a 64-bit ELF executable", path.display());
+        bail!(
+            "{what} at {} is not a 64-bit ELF executable",
+            path.display()
+        );
     }
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
     let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap()) as usize;

@@ -27,14 +27,26 @@ pub fn find(root: &Path) -> Result<KernelTree> {
     versions.sort();
     let version = match versions.as_slice() {
         [v] => v.clone(),
-        [] => bail!("no vmlinuz-* in {}: is the kernel package right?", boot.display()),
-        many => bail!("several kernels in {}: {}; kiln needs exactly one", boot.display(), many.join(", ")),
+        [] => bail!(
+            "no vmlinuz-* in {}: is the kernel package right?",
+            boot.display()
+        ),
+        many => bail!(
+            "several kernels in {}: {}; kiln needs exactly one",
+            boot.display(),
+            many.join(", ")
+        ),
     };
     let modules = ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|d| root.join(d).join(&version))
         .find(|p| p.is_dir())
-        .with_context(|| format!("kernel {version} has no module directory in {}", root.display()))?;
+        .with_context(|| {
+            format!(
+                "kernel {version} has no module directory in {}",
+                root.display()
+            )
+        })?;
     Ok(KernelTree {
         vmlinuz: boot.join(format!("vmlinuz-{version}")),
         config: boot.join(format!("config-{version}")),

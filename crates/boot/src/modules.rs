@@ -31,11 +31,17 @@ fn name_of(path: &str) -> String {
 impl ModuleIndex {
     /// Reads modules.dep (required), modules.builtin, modules.softdep and modules.alias.
     pub fn load(dir: &Path) -> Result<Self> {
-        let dep = std::fs::read_to_string(dir.join("modules.dep"))
-            .with_context(|| format!("cannot read {}/modules.dep (was depmod run?)", dir.display()))?;
+        let dep = std::fs::read_to_string(dir.join("modules.dep")).with_context(|| {
+            format!(
+                "cannot read {}/modules.dep (was depmod run?)",
+                dir.display()
+            )
+        })?;
         let mut idx = ModuleIndex::default();
         for line in dep.lines() {
-            let Some((path, deps)) = line.split_once(':') else { continue };
+            let Some((path, deps)) = line.split_once(':') else {
+                continue;
+            };
             let deps: Vec<String> = deps.split_whitespace().map(String::from).collect();
             let name = name_of(path);
             idx.path_to_name.insert(path.to_string(), name.clone());
@@ -70,7 +76,10 @@ impl ModuleIndex {
                 if let (Some("alias"), Some(alias), Some(m)) = (w.next(), w.next(), w.next()) {
                     // Only plain aliases: the wildcard device aliases are for hotplug.
                     if !alias.contains('*') && !alias.contains('?') {
-                        idx.aliases.entry(alias.to_string()).or_default().push(normalize(m));
+                        idx.aliases
+                            .entry(alias.to_string())
+                            .or_default()
+                            .push(normalize(m));
                     }
                 }
             }
@@ -98,7 +107,13 @@ impl ModuleIndex {
         Ok(order)
     }
 
-    fn visit(&self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>, depth: usize) -> Result<()> {
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<()> {
         if depth > 64 {
             bail!("module dependency loop at {name}");
         }
@@ -151,8 +166,16 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.path().join("modules.builtin"), "kernel/fs/vfat/vfat.ko\n").unwrap();
-        std::fs::write(d.path().join("modules.softdep"), "softdep ext4 pre: crypto-crc32c\n").unwrap();
-        std::fs::write(d.path().join("modules.alias"), "alias crypto-crc32c crc32c_generic\nalias pci:v*d* virtio_blk\n").unwrap();
+        std::fs::write(
+            d.path().join("modules.softdep"),
+            "softdep ext4 pre: crypto-crc32c\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("modules.alias"),
+            "alias crypto-crc32c crc32c_generic\nalias pci:v*d* virtio_blk\n",
+        )
+        .unwrap();
         let idx = ModuleIndex::load(d.path()).unwrap();
         (d, idx)
     }
@@ -160,19 +183,27 @@ mod tests {
     #[test]
     fn dependencies_come_first() {
         let (_d, idx) = index();
-        let order = idx.resolve(&["ext4".into(), "virtio-blk".into(), "vfat".into()], "6.1").unwrap();
+        let order = idx
+            .resolve(&["ext4".into(), "virtio-blk".into(), "vfat".into()], "6.1")
+            .unwrap();
         let pos = |s: &str| order.iter().position(|p| p.ends_with(s)).unwrap();
         assert!(pos("crc32c_generic.ko") < pos("ext4.ko"));
         assert!(pos("jbd2.ko") < pos("ext4.ko"));
         assert!(pos("virtio.ko") < pos("virtio_blk.ko"));
-        assert!(!order.iter().any(|p| p.contains("vfat")), "built-ins are not loaded");
+        assert!(
+            !order.iter().any(|p| p.contains("vfat")),
+            "built-ins are not loaded"
+        );
         assert_eq!(order.len(), 8);
     }
 
     #[test]
     fn unknown_module_is_an_error() {
         let (_d, idx) = index();
-        let err = idx.resolve(&["nosuch".into()], "6.1").unwrap_err().to_string();
+        let err = idx
+            .resolve(&["nosuch".into()], "6.1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nosuch") && err.contains("6.1"), "{err}");
     }
 }

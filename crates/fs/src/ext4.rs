@@ -30,7 +30,9 @@ impl Ext4<'_> {
         let debugfs = tools::require("debugfs")?;
         // Leave room for the journal and metadata: mke2fs needs ~5% plus the journal.
         let need = tree_footprint(tree)?;
-        let usable = self.size.saturating_sub(self.size / 20 + journal_bytes(self.size));
+        let usable = self
+            .size
+            .saturating_sub(self.size / 20 + journal_bytes(self.size));
         if need > usable {
             bail!(
                 "{}: content of {} needs about {} but the {} partition is {} ({} usable for files); \
@@ -55,7 +57,10 @@ impl Ext4<'_> {
                 .arg("-U")
                 .arg(self.uuid.to_string())
                 .arg("-E")
-                .arg(format!("hash_seed={},root_owner=0:0,nodiscard", self.hash_seed))
+                .arg(format!(
+                    "hash_seed={},root_owner=0:0,nodiscard",
+                    self.hash_seed
+                ))
                 .arg("-d")
                 .arg(tree)
                 .arg(out),
@@ -87,7 +92,10 @@ impl Ext4<'_> {
         std::fs::remove_file(&script).ok();
         // debugfs reports per-command failures on stderr but exits 0.
         let err = String::from_utf8_lossy(&out_dbg.stderr);
-        if let Some(line) = err.lines().find(|l| l.contains("sif:") || l.contains("File not found")) {
+        if let Some(line) = err
+            .lines()
+            .find(|l| l.contains("sif:") || l.contains("File not found"))
+        {
             bail!("{}: setting inode times failed: {line}", self.what);
         }
         Ok(())

@@ -32,7 +32,11 @@ pub fn resolve_in_root(root: &Path, rel: &Path, follow_last: bool) -> Result<Pat
             Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
                 followed += 1;
                 if followed > MAX_SYMLINKS {
-                    bail!("too many levels of symlinks resolving {} in {}", rel.display(), root.display());
+                    bail!(
+                        "too many levels of symlinks resolving {} in {}",
+                        rel.display(),
+                        root.display()
+                    );
                 }
                 let target = std::fs::read_link(&candidate)?;
                 if target.is_absolute() {
@@ -66,7 +70,10 @@ pub fn create_dir_all_in(root: &Path, rel: &Path) -> Result<PathBuf> {
         let host = resolve_in_root(root, &done, true)?;
         match host.symlink_metadata() {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => bail!("{} exists in the image and is not a directory", done.display()),
+            Ok(_) => bail!(
+                "{} exists in the image and is not a directory",
+                done.display()
+            ),
             Err(_) => std::fs::create_dir(&host)
                 .with_context(|| format!("cannot create {}", host.display()))?,
         }
@@ -100,7 +107,11 @@ fn remove_non_dir(host: &Path) -> Result<()> {
 /// Copies an overlay tree over the image: directories are merged, files and symlinks replace
 /// what is there. Symlinks are copied as symlinks, never followed on the host.
 pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
-    for e in WalkDir::new(overlay).follow_links(false).sort_by_file_name().min_depth(1) {
+    for e in WalkDir::new(overlay)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
         let e = e.with_context(|| format!("cannot walk {}", overlay.display()))?;
         let rel = e.path().strip_prefix(overlay)?;
         let m = e.path().symlink_metadata()?;
@@ -116,11 +127,15 @@ pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
             symlink(std::fs::read_link(e.path())?, &host)
                 .with_context(|| format!("cannot create symlink {}", host.display()))?;
         } else if m.is_file() {
-            std::fs::copy(e.path(), &host)
-                .with_context(|| format!("cannot copy {} to {}", e.path().display(), host.display()))?;
+            std::fs::copy(e.path(), &host).with_context(|| {
+                format!("cannot copy {} to {}", e.path().display(), host.display())
+            })?;
             std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
         } else {
-            bail!("{}: overlays may hold files, directories and symlinks only", e.path().display());
+            bail!(
+                "{}: overlays may hold files, directories and symlinks only",
+                e.path().display()
+            );
         }
     }
     Ok(())
@@ -150,7 +165,8 @@ pub fn link_or_copy_tree(src: &Path, dst: &Path) -> Result<()> {
         let ft = m.file_type();
         if ft.is_dir() {
             if !to.exists() {
-                std::fs::create_dir(&to).with_context(|| format!("cannot create {}", to.display()))?;
+                std::fs::create_dir(&to)
+                    .with_context(|| format!("cannot create {}", to.display()))?;
             }
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
         } else if ft.is_symlink() {
@@ -191,10 +207,19 @@ mod tests {
         symlink("usr/bin", root.join("bin")).unwrap();
         symlink("/etc", root.join("usr/evil")).unwrap();
         symlink("../../../../../../tmp", root.join("usr/climb")).unwrap();
-        assert_eq!(resolve_in_root(&root, Path::new("bin/sh"), true).unwrap(), root.join("usr/bin/sh"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("bin/sh"), true).unwrap(),
+            root.join("usr/bin/sh")
+        );
         // An absolute symlink lands in the image's /etc, not the host's.
-        assert_eq!(resolve_in_root(&root, Path::new("usr/evil/passwd"), true).unwrap(), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(&root, Path::new("usr/climb/x"), true).unwrap(), root.join("tmp/x"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("usr/evil/passwd"), true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("usr/climb/x"), true).unwrap(),
+            root.join("tmp/x")
+        );
         write_file_in(&root, Path::new("usr/evil/passwd"), b"x", 0o644).unwrap();
         assert_eq!(std::fs::read(root.join("etc/passwd")).unwrap(), b"x");
     }

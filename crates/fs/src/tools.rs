@@ -97,7 +97,9 @@ mod tests {
 
     #[test]
     fn missing_tool_names_its_package() {
-        let err = check_all(&["mkfs.erofs-does-not-exist"]).unwrap_err().to_string();
+        let err = check_all(&["mkfs.erofs-does-not-exist"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mkfs.erofs-does-not-exist"), "{err}");
         assert_eq!(package_of("mkfs.vfat"), Some("dosfstools"));
     }

@@ -22,7 +22,12 @@ impl Vfat<'_> {
     /// Builds the image at `out` holding `files` (image path, host file).
     pub fn build(&self, files: &[(String, PathBuf)], out: &Path) -> Result<()> {
         if self.label.is_empty() || self.label.len() > 11 {
-            bail!("{}: a FAT label has 1 to 11 characters, `{}` has {}", self.what, self.label, self.label.len());
+            bail!(
+                "{}: a FAT label has 1 to 11 characters, `{}` has {}",
+                self.what,
+                self.label,
+                self.label.len()
+            );
         }
         let mkfs = tools::require("mkfs.vfat")?;
         let mmd = tools::require("mmd")?;

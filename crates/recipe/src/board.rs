@@ -52,6 +52,9 @@ pub struct GrubDef {
     /// Extra modules for the BIOS image only (disk access through the BIOS, for instance).
     #[serde(default)]
     pub bios_modules: Vec<String>,
+    /// Extra modules for the UEFI image only (the GOP video driver Linux wants, for instance).
+    #[serde(default)]
+    pub efi_modules: Vec<String>,
     /// Seconds GRUB's menu waits.
     #[serde(default)]
     pub timeout: u32,

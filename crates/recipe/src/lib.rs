@@ -149,7 +149,10 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
                 .unwrap_or("image")
                 .to_string();
             check_name(&stem).map_err(|m| {
-                anyhow::anyhow!("{}: recipe file name: {m}; or set `name`", recipe_path.display())
+                anyhow::anyhow!(
+                    "{}: recipe file name: {m}; or set `name`",
+                    recipe_path.display()
+                )
             })?;
             stem
         }
@@ -183,7 +186,11 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             format!(
                 "unknown board `{board_name}`; known boards in {}: {}",
                 board_dir.display(),
-                if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
             ),
         ));
     }
@@ -192,7 +199,10 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
     if b.name.get_ref() != board_name {
         return Err(board_src.error_at(
             &b.name.span(),
-            format!("board name `{}` does not match its file name `{board_name}.toml`", b.name.get_ref()),
+            format!(
+                "board name `{}` does not match its file name `{board_name}.toml`",
+                b.name.get_ref()
+            ),
         ));
     }
     let mut firmware = Vec::new();
@@ -203,10 +213,16 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         firmware.push(*f.get_ref());
     }
     if firmware.is_empty() {
-        bail!("{}: `firmware` must name at least one of bios, uefi", board_path.display());
+        bail!(
+            "{}: `firmware` must name at least one of bios, uefi",
+            board_path.display()
+        );
     }
     if firmware.contains(&Firmware::Bios) && b.grub.bios_target.is_none() {
-        bail!("{}: firmware includes bios but grub.bios-target is not set", board_path.display());
+        bail!(
+            "{}: firmware includes bios but grub.bios-target is not set",
+            board_path.display()
+        );
     }
     if firmware.contains(&Firmware::Uefi)
         && (b.grub.efi_target.is_none() || b.grub.efi_binary.is_none())
@@ -240,18 +256,27 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         .or(usr_part.filesystem)
         .unwrap_or(Filesystem::Erofs);
     if usr_filesystem == Filesystem::Vfat {
-        bail!("{}: USR cannot be vfat; use erofs or ext4", recipe_path.display());
+        bail!(
+            "{}: USR cannot be vfat; use erofs or ext4",
+            recipe_path.display()
+        );
     }
     let usr_compression = match &r.rootfs.usr_compression {
         Some(c) => {
             if !["lz4", "lz4hc", "none"].contains(&c.get_ref().as_str()) {
                 return Err(recipe_src.error_at(
                     &c.span(),
-                    format!("unknown usr-compression `{}`; use lz4, lz4hc or none", c.get_ref()),
+                    format!(
+                        "unknown usr-compression `{}`; use lz4, lz4hc or none",
+                        c.get_ref()
+                    ),
                 ));
             }
             if usr_filesystem != Filesystem::Erofs && c.get_ref() != "none" {
-                return Err(recipe_src.error_at(&c.span(), "usr-compression needs usr-filesystem = \"erofs\""));
+                return Err(recipe_src.error_at(
+                    &c.span(),
+                    "usr-compression needs usr-filesystem = \"erofs\"",
+                ));
             }
             c.get_ref().clone()
         }
@@ -261,8 +286,16 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
 
     // Packages.
     let variants = [
-        "extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important",
-        "debootstrap", "standard",
+        "extract",
+        "custom",
+        "essential",
+        "apt",
+        "required",
+        "minbase",
+        "buildd",
+        "important",
+        "debootstrap",
+        "standard",
     ];
     if !variants.contains(&r.packages.variant.get_ref().as_str()) {
         return Err(recipe_src.error_at(
@@ -275,7 +308,10 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         ));
     }
     if r.packages.mirrors.is_empty() {
-        bail!("{}: packages.mirrors must name at least one mirror", recipe_path.display());
+        bail!(
+            "{}: packages.mirrors must name at least one mirror",
+            recipe_path.display()
+        );
     }
 
     // Overlays.
@@ -297,7 +333,11 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
     // OEM tree: the recipe's if it names one, else the board's.
     let (oem_tree, oem_span, oem_src) = match &r.oem.tree {
         Some(t) => (recipe_dir.join(t.get_ref()), t.span(), &recipe_src),
-        None => (board_dir.join(b.oem.tree.get_ref()), b.oem.tree.span(), &board_src),
+        None => (
+            board_dir.join(b.oem.tree.get_ref()),
+            b.oem.tree.span(),
+            &board_src,
+        ),
     };
     if !oem_tree.is_dir() {
         return Err(oem_src.error_at(
@@ -373,7 +413,8 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
 fn check_name(s: &str) -> std::result::Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
         && !s.starts_with('.');
     if ok {
         Ok(())
@@ -403,7 +444,10 @@ fn load_layout(
         )
     })?;
     if f.alignment.0 == 0 || f.alignment.0 % 512 != 0 {
-        bail!("{}: alignment must be a non-zero multiple of 512 bytes", path.display());
+        bail!(
+            "{}: alignment must be a non-zero multiple of 512 bytes",
+            path.display()
+        );
     }
     let mut numbers = BTreeSet::new();
     let mut labels = BTreeSet::new();
@@ -414,7 +458,10 @@ fn load_layout(
             return Err(src.error_at(&p.number.span(), "partition number must be 1..=128"));
         }
         if !numbers.insert(n) {
-            return Err(src.error_at(&p.number.span(), format!("partition number {n} is used twice")));
+            return Err(src.error_at(
+                &p.number.span(),
+                format!("partition number {n} is used twice"),
+            ));
         }
         let label = p.label.get_ref();
         if label.is_empty() || label.encode_utf16().count() > 36 {
@@ -434,11 +481,17 @@ fn load_layout(
             )
         })?;
         if p.priority > 15 || p.tries > 15 {
-            return Err(src.error_at(&p.number.span(), "priority and tries are 4-bit values (0..=15)"));
+            return Err(src.error_at(
+                &p.number.span(),
+                "priority and tries are 4-bit values (0..=15)",
+            ));
         }
         let size = v.sizes.get(label).map(|s| *s.get_ref()).unwrap_or(p.size);
         if size.0 == 0 {
-            return Err(src.error_at(&p.label.span(), "a partition cannot have size 0; leave the number out instead"));
+            return Err(src.error_at(
+                &p.label.span(),
+                "a partition cannot have size 0; leave the number out instead",
+            ));
         }
         parts.push(Partition {
             number: n,
@@ -457,7 +510,10 @@ fn load_layout(
     }
     for (label, size) in &v.sizes {
         if !labels.contains(label) {
-            return Err(src.error_at(&size.span(), format!("variant resizes `{label}`, which is not a partition label")));
+            return Err(src.error_at(
+                &size.span(),
+                format!("variant resizes `{label}`, which is not a partition label"),
+            ));
         }
     }
     parts.sort_by_key(|p| p.number);
@@ -478,23 +534,42 @@ fn load_layout(
         *roles.entry(role).or_default() += 1;
     }
     if roles.contains_key("usr without slot") {
-        bail!("{}: a partition with content = \"usr\" needs slot = \"a\"", path.display());
+        bail!(
+            "{}: a partition with content = \"usr\" needs slot = \"a\"",
+            path.display()
+        );
     }
     for role in ["slot a", "slot b", "root", "oem"] {
         match roles.get(role).copied().unwrap_or(0) {
             1 => {}
             0 => bail!("{}: the layout needs one {role} partition", path.display()),
-            _ => bail!("{}: the layout has more than one {role} partition", path.display()),
+            _ => bail!(
+                "{}: the layout has more than one {role} partition",
+                path.display()
+            ),
         }
     }
     for role in ["esp", "bios-boot"] {
         if roles.get(role).copied().unwrap_or(0) > 1 {
-            bail!("{}: the layout has more than one {role} partition", path.display());
+            bail!(
+                "{}: the layout has more than one {role} partition",
+                path.display()
+            );
         }
     }
-    let a = parts.iter().find(|p| p.slot == Some(SlotName::A)).expect("counted");
-    let b = parts.iter().find(|p| p.slot == Some(SlotName::B)).expect("counted");
-    if a.content != Content::Usr || b.content != Content::Empty || a.uuid.is_none() || b.uuid.is_none() {
+    let a = parts
+        .iter()
+        .find(|p| p.slot == Some(SlotName::A))
+        .expect("counted");
+    let b = parts
+        .iter()
+        .find(|p| p.slot == Some(SlotName::B))
+        .expect("counted");
+    if a.content != Content::Usr
+        || b.content != Content::Empty
+        || a.uuid.is_none()
+        || b.uuid.is_none()
+    {
         bail!(
             "{}: slot a must have content = \"usr\", slot b content = \"empty\", both a fixed uuid",
             path.display()
@@ -503,7 +578,11 @@ fn load_layout(
     for p in &parts {
         let needs_fs = matches!(p.content, Content::Esp | Content::Oem | Content::Root);
         if needs_fs && p.filesystem.is_none() {
-            bail!("{}: partition {} needs a `filesystem`", path.display(), p.label);
+            bail!(
+                "{}: partition {} needs a `filesystem`",
+                path.display(),
+                p.label
+            );
         }
     }
 
@@ -522,10 +601,16 @@ fn load_layout(
 
 fn check_layout_for_firmware(layout: &Layout, firmware: &[Firmware], path: &Path) -> Result<()> {
     if layout.by_content(Content::Esp).is_none() {
-        bail!("{}: the layout needs an esp partition (kernels live there)", path.display());
+        bail!(
+            "{}: the layout needs an esp partition (kernels live there)",
+            path.display()
+        );
     }
     if firmware.contains(&Firmware::Bios) && layout.by_content(Content::BiosBoot).is_none() {
-        bail!("{}: BIOS firmware needs a bios-boot partition in the layout", path.display());
+        bail!(
+            "{}: BIOS firmware needs a bios-boot partition in the layout",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -72,7 +72,11 @@ pub fn hash_tree(root: &Path) -> Result<String> {
         h.update(meta.permissions().mode().to_le_bytes());
         if meta.file_type().is_symlink() {
             h.update(b"l");
-            h.update(std::fs::read_link(entry.path())?.as_os_str().as_encoded_bytes());
+            h.update(
+                std::fs::read_link(entry.path())?
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
         } else if meta.is_file() {
             h.update(b"f");
             h.update(meta.size().to_le_bytes());

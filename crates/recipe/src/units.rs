@@ -66,7 +66,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             Str(String),
         }
         match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a size: an integer number of bytes or a string such as \"128MiB\"")
+            serde::de::Error::custom(
+                "expected a size: an integer number of bytes or a string such as \"128MiB\"",
+            )
         })? {
             Raw::Int(n) => Ok(ByteSize(n)),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),

@@ -1,0 +1,128 @@
+//! The cache: downloaded .deb files (kept between builds so a second build downloads nothing)
+//! and stage outputs named by their key. A lock file serialises builds sharing a cache.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::report::StageReport;
+
+#[derive(Debug, Clone)]
+pub struct CacheDirs {
+    pub root: PathBuf,
+}
+
+impl CacheDirs {
+    /// `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+    pub fn default_root() -> PathBuf {
+        if let Some(d) = std::env::var_os("KILN_CACHE_DIR") {
+            return d.into();
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(d).join("kiln");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/kiln")
+    }
+
+    pub fn new(root: PathBuf) -> Result<Self> {
+        for d in ["debs", "stages", "work"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p)
+                .with_context(|| format!("cannot create cache directory {}", p.display()))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// .deb files for one suite and architecture.
+    pub fn debs(&self, suite: &str, arch: &str) -> Result<PathBuf> {
+        let p = self.root.join("debs").join(format!("{suite}-{arch}"));
+        std::fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+
+    pub fn stage_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root
+            .join("stages")
+            .join(format!("{stage}-{}", &key[..32]))
+    }
+
+    /// A scratch directory for one build, removed when dropped.
+    pub fn work_dir(&self) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(self.root.join("work"))
+            .context("cannot create a work directory in the cache")
+    }
+
+    /// Takes the cache lock (blocking) for the lifetime of the returned guard.
+    pub fn lock(&self) -> Result<CacheLock> {
+        let path = self.root.join("lock");
+        let f = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            tracing::info!(
+                "waiting for another kiln build using {}",
+                self.root.display()
+            );
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("cannot lock the cache");
+            }
+        }
+        Ok(CacheLock(f))
+    }
+
+    /// Returns the cached output of `stage` for `key`, or runs `produce` into a fresh
+    /// directory and publishes it atomically (rename) so a half-made stage is never used.
+    pub fn stage(
+        &self,
+        stage: &str,
+        key: &str,
+        rebuild: bool,
+        produce: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<(PathBuf, StageReport)> {
+        let dir = self.stage_dir(stage, key);
+        let start = Instant::now();
+        if dir.is_dir() && !rebuild {
+            tracing::info!("{stage}: cached");
+            return Ok((dir, report(stage, true, start, 0)));
+        }
+        tracing::info!("{stage}: building");
+        let tmp = self.root.join("stages").join(format!(
+            ".tmp-{stage}-{}-{}",
+            &key[..16],
+            std::process::id()
+        ));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        kiln_fs::cmd::take_peak_rss_kib();
+        if let Err(e) = produce(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("stage {stage} failed")));
+        }
+        let peak = kiln_fs::cmd::take_peak_rss_kib();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&tmp, &dir)?;
+        let r = report(stage, false, start, peak);
+        tracing::info!("{stage}: done in {:.1} s", r.seconds);
+        Ok((dir, r))
+    }
+}
+
+fn report(stage: &str, cached: bool, start: Instant, peak: u64) -> StageReport {
+    StageReport {
+        stage: stage.to_string(),
+        cached,
+        seconds: start.elapsed().as_secs_f64(),
+        tool_peak_rss_kib: peak,
+    }
+}
+
+pub struct CacheLock(#[allow(dead_code)] File);

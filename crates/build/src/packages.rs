@@ -1,0 +1,85 @@
+//! Package trees from Debian with mmdebstrap. Downloaded .deb files are hard-linked into the
+//! chroot before apt runs and collected back afterwards, so a second build downloads nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use kiln_fs::{cmd, tools};
+use kiln_recipe::Packages;
+
+pub struct Bootstrap<'a> {
+    pub packages: &'a Packages,
+    /// Overrides the recipe's variant (the kernel stage extracts without installing).
+    pub variant: &'a str,
+    pub include: &'a [String],
+    pub arch: &'a str,
+    pub epoch: i64,
+    pub deb_cache: &'a Path,
+}
+
+// The setup hook runs under sh inside mmdebstrap; paths come through the environment so
+// nothing needs quoting.
+const SETUP_HOOK: &str = r#"mkdir -p "$1/var/cache/apt/archives" && for f in "$KILN_DEB_CACHE"/*.deb; do [ -e "$f" ] || continue; ln "$f" "$1/var/cache/apt/archives/" 2>/dev/null || cp "$f" "$1/var/cache/apt/archives/"; done"#;
+
+impl Bootstrap<'_> {
+    pub fn run(&self, target: &Path, log: &Path) -> Result<()> {
+        let mm = tools::require("mmdebstrap")?;
+        let mut c = Command::new(mm);
+        c.env("SOURCE_DATE_EPOCH", self.epoch.to_string())
+            .env("KILN_DEB_CACHE", self.deb_cache)
+            .arg(format!("--variant={}", self.variant))
+            .arg(format!("--architectures={}", self.arch))
+            .arg(format!(
+                "--components={}",
+                self.packages.components.join(",")
+            ))
+            // Keep the downloaded packages in the tree; kiln moves them to its cache.
+            .arg("--skip=essential/unlink")
+            .arg("--skip=cleanup/apt/cache")
+            .arg(format!("--setup-hook={SETUP_HOOK}"));
+        if !self.include.is_empty() {
+            c.arg(format!("--include={}", self.include.join(",")));
+        }
+        c.arg(&self.packages.suite).arg(target);
+        for m in &self.packages.mirrors {
+            c.arg(m);
+        }
+        cmd::run_logged(&mut c, log).context("mmdebstrap could not build the package tree")?;
+        collect_debs(target, self.deb_cache)
+    }
+}
+
+/// Moves the .deb files apt left in the tree into the cache (and out of the image).
+fn collect_debs(target: &Path, cache: &Path) -> Result<()> {
+    let archives = target.join("var/cache/apt/archives");
+    let Ok(rd) = std::fs::read_dir(&archives) else {
+        return Ok(());
+    };
+    for e in rd {
+        let e = e?;
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            let dest = cache.join(e.file_name());
+            if !dest.exists() {
+                // Atomic publish into the cache: copy to a temporary name, then rename.
+                let tmp = cache.join(format!(".{}.tmp", e.file_name().to_string_lossy()));
+                if std::fs::hard_link(&p, &tmp).is_err() {
+                    std::fs::copy(&p, &tmp)?;
+                }
+                std::fs::rename(&tmp, &dest)?;
+            }
+            std::fs::remove_file(&p)?;
+        }
+    }
+    let partial = archives.join("partial");
+    if partial.is_dir() {
+        std::fs::remove_dir_all(&partial)?;
+        std::fs::create_dir(&partial)?;
+    }
+    let lock = archives.join("lock");
+    if lock.exists() {
+        std::fs::remove_file(lock)?;
+    }
+    Ok(())
+}

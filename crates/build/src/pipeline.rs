@@ -1,0 +1,689 @@
+//! The build: stages wired together, run in parallel where they are independent.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use kiln_boot::{grub, initramfs, kernel};
+use kiln_disk::{Attributes, PartitionSpec};
+use kiln_fs::{erofs::Erofs, ext4::Ext4, stage as st, tools, vfat::Vfat};
+use kiln_recipe::{Content, Filesystem, Firmware, Partition, Resolved, SlotName};
+use serde::Serialize;
+
+use crate::cache::CacheDirs;
+use crate::ids;
+use crate::key::{file_hash, Key};
+use crate::packages::Bootstrap;
+use crate::report::StageReport;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub cache: CacheDirs,
+    pub output_dir: PathBuf,
+    /// The static kiln-agent binary installed into the image and the initramfs.
+    pub agent: PathBuf,
+    /// Ignore cached stages (downloaded packages are still reused).
+    pub rebuild: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildOutput {
+    pub image: PathBuf,
+    pub image_size: u64,
+    pub kernel_version: String,
+    pub stages: Vec<StageReport>,
+    pub seconds: f64,
+}
+
+/// Host tools every build needs, checked before any work starts.
+fn required_tools(r: &Resolved) -> Vec<&'static str> {
+    let mut t = vec![
+        "mmdebstrap",
+        "mke2fs",
+        "debugfs",
+        "mkfs.vfat",
+        "mcopy",
+        "mmd",
+        "grub-mkimage",
+        "depmod",
+    ];
+    if r.usr_filesystem == Filesystem::Erofs {
+        t.push("mkfs.erofs");
+    }
+    if r.has_firmware(Firmware::Bios) {
+        t.push("/usr/lib/grub/i386-pc/boot.img");
+    }
+    if r.has_firmware(Firmware::Uefi) {
+        t.push("/usr/lib/grub/x86_64-efi/linux.mod");
+    }
+    t
+}
+
+/// Versions of the host tools that shape each stage's output; part of the stage keys.
+struct ToolVersions {
+    mmdebstrap: String,
+    e2fsprogs: String,
+    erofs: String,
+    vfat: String,
+    grub: String,
+    kmod: String,
+}
+
+impl ToolVersions {
+    fn probe() -> Self {
+        Self {
+            mmdebstrap: tools::package_version("mmdebstrap"),
+            e2fsprogs: tools::package_version("e2fsprogs"),
+            erofs: tools::package_version("erofs-utils"),
+            vfat: format!(
+                "{} {}",
+                tools::package_version("dosfstools"),
+                tools::package_version("mtools")
+            ),
+            grub: format!(
+                "{} {} {}",
+                tools::package_version("grub-common"),
+                tools::package_version("grub-pc-bin"),
+                tools::package_version("grub-efi-amd64-bin")
+            ),
+            kmod: tools::package_version("kmod"),
+        }
+    }
+}
+
+/// The built pieces of the boot path a stage produced.
+struct KernelStage {
+    dir: PathBuf,
+    version: String,
+}
+
+impl KernelStage {
+    fn tree(&self) -> kernel::KernelTree {
+        kernel::KernelTree {
+            version: self.version.clone(),
+            vmlinuz: self.dir.join("vmlinuz"),
+            config: self.dir.join("config"),
+            modules: self.dir.join("modules/lib/modules").join(&self.version),
+        }
+    }
+}
+
+pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
+    let started = Instant::now();
+    tools::check_all(&required_tools(r))?;
+    initramfs::check_static(&opts.agent, "kiln-agent")?;
+    let cache = &opts.cache;
+    let _lock = cache.lock()?;
+    let versions = ToolVersions::probe();
+    let identity = r.identity();
+    let epoch = r.source_date_epoch;
+    let arch = &r.board.debian_arch;
+    let debs = cache.debs(&r.packages.suite, arch)?;
+    let agent_hash = file_hash(&opts.agent)?;
+    let mut reports = Vec::new();
+
+    // The disk plan comes first: the BIOS core image needs its partition's LBA.
+    let plan = plan_disk(r, &identity)?;
+
+    let packages_json = serde_json::to_string(&r.packages)?;
+    let packages_key = Key::new("packages")
+        .add("packages", &packages_json)
+        .add("arch", arch)
+        .add("epoch", epoch.to_string())
+        .add("mmdebstrap", &versions.mmdebstrap)
+        .finish();
+    let kernel_key = Key::new("kernel")
+        .add("package", &r.kernel.package)
+        .add("suite", &r.packages.suite)
+        .add("mirrors", r.packages.mirrors.join(" "))
+        .add("arch", arch)
+        .add("epoch", epoch.to_string())
+        .add("mmdebstrap", &versions.mmdebstrap)
+        .add("kmod", &versions.kmod)
+        .finish();
+
+    // Packages and the kernel are independent downloads: fetch them side by side.
+    let (packages, kernel_stage) = std::thread::scope(|s| {
+        let k = s.spawn(|| {
+            cache.stage("kernel", &kernel_key, opts.rebuild, |out| {
+                kernel_stage(r, &debs, epoch, out)
+            })
+        });
+        let p = cache.stage("packages", &packages_key, opts.rebuild, |out| {
+            let root = out.join("root");
+            Bootstrap {
+                packages: &r.packages,
+                variant: &r.packages.variant,
+                include: &r.packages.include,
+                arch,
+                epoch,
+                deb_cache: &debs,
+            }
+            .run(&root, &out.join("mmdebstrap.log"))?;
+            st::normalize_times(&root, epoch)
+        });
+        (p, k.join().expect("kernel stage thread"))
+    });
+    let (packages_dir, rep) = packages?;
+    reports.push(rep);
+    let (kernel_dir, rep) = kernel_stage?;
+    reports.push(rep);
+    let kver = std::fs::read_to_string(kernel_dir.join("version"))?
+        .trim()
+        .to_string();
+    let kst = KernelStage {
+        dir: kernel_dir,
+        version: kver.clone(),
+    };
+
+    let oem_part = r.layout.by_content(Content::Oem).expect("layout checked");
+    let root_part = r.layout.by_content(Content::Root).expect("layout checked");
+    let usr_part = r.layout.slot(SlotName::A).expect("layout checked");
+    let esp_part = r.layout.by_content(Content::Esp).expect("layout checked");
+    let oem_spec = format!("PARTLABEL={}", oem_part.label);
+
+    let initramfs_key = Key::new("initramfs")
+        .add("kernel", &kernel_key)
+        .add("agent", &agent_hash)
+        .add("modules", r.kernel.initramfs_modules.join(" "))
+        .add("usr-fs", r.usr_filesystem.as_str())
+        .add("oem", &oem_spec)
+        .add("init", initramfs::INIT_SCRIPT)
+        .add("epoch", epoch.to_string())
+        .finish();
+    let tree_key = Key::new("tree")
+        .add("packages", &packages_key)
+        .add("kernel", &kernel_key)
+        .add("agent", &agent_hash)
+        .add("identity", &identity)
+        .finish();
+    let usr_key = Key::new("usr")
+        .add("tree", &tree_key)
+        .add("fs", r.usr_filesystem.as_str())
+        .add("compression", &r.usr_compression)
+        .add("size", usr_part.size.0.to_string())
+        .add(
+            "tools",
+            format!("{} {}", versions.erofs, versions.e2fsprogs),
+        )
+        .finish();
+    let root_key = Key::new("root")
+        .add("tree", &tree_key)
+        .add("size", root_part.size.0.to_string())
+        .add("tools", &versions.e2fsprogs)
+        .finish();
+    let oem_key = Key::new("oem")
+        .add("identity", &identity)
+        .add("size", oem_part.size.0.to_string())
+        .add("tools", &versions.e2fsprogs)
+        .finish();
+    let grub_key = Key::new("grub")
+        .add("board", serde_json::to_string(&r.board.grub)?)
+        .add("firmware", format!("{:?}", r.board.firmware))
+        .add("esp-number", esp_part.number.to_string())
+        .add("tools", &versions.grub)
+        .finish();
+
+    // Everything below depends only on the stages above: run it in parallel.
+    let work = cache.work_dir()?;
+    let results = std::thread::scope(|s| -> Result<_> {
+        let initrd = s.spawn(|| {
+            cache.stage("initramfs", &initramfs_key, opts.rebuild, |out| {
+                initramfs::build(
+                    &initramfs::Inputs {
+                        kernel: &kst.tree(),
+                        busybox: &kst.dir.join("busybox"),
+                        agent: &opts.agent,
+                        modules: &r.kernel.initramfs_modules,
+                        usr_fstype: r.usr_filesystem.as_str(),
+                        oem_spec: &oem_spec,
+                        epoch,
+                    },
+                    &out.join("initrd.img"),
+                )
+                .map(|_| ())
+            })
+        });
+        let grub_imgs = s.spawn(|| {
+            cache.stage("grub", &grub_key, opts.rebuild, |out| {
+                grub_stage(r, esp_part.number, out)
+            })
+        });
+        let oem = s.spawn(|| {
+            cache.stage("oem", &oem_key, opts.rebuild, |out| {
+                oem_stage(r, oem_part, &identity, out)
+            })
+        });
+        // USR and ROOT share the assembled tree; make it only if one of them is missing.
+        let need_tree = opts.rebuild
+            || !cache.stage_dir("usr", &usr_key).is_dir()
+            || !cache.stage_dir("root", &root_key).is_dir();
+        let tree_start = Instant::now();
+        let (usr_tree, root_tree) = if need_tree {
+            assemble_tree(
+                r,
+                &packages_dir.join("root"),
+                &kst,
+                &opts.agent,
+                work.path(),
+            )?
+        } else {
+            (PathBuf::new(), PathBuf::new())
+        };
+        let tree_report = StageReport {
+            stage: "tree".into(),
+            cached: !need_tree,
+            seconds: tree_start.elapsed().as_secs_f64(),
+            tool_peak_rss_kib: 0,
+        };
+        let (identity, usr_key) = (&identity, &usr_key);
+        let usr = s.spawn(move || {
+            cache.stage("usr", usr_key, opts.rebuild, |out| {
+                usr_stage(r, usr_part, identity, &usr_tree, out)
+            })
+        });
+        let root = cache.stage("root", &root_key, opts.rebuild, |out| {
+            Ext4 {
+                label: &root_part.label,
+                uuid: ids::derive(&identity, "root-fs"),
+                hash_seed: ids::derive(&identity, "root-hash-seed"),
+                epoch,
+                size: root_part.size.0,
+                what: &root_part.label,
+            }
+            .build(&root_tree, &out.join("fs.img"))
+        });
+        Ok((
+            tree_report,
+            initrd.join().expect("initramfs thread"),
+            grub_imgs.join().expect("grub thread"),
+            oem.join().expect("oem thread"),
+            usr.join().expect("usr thread"),
+            root,
+        ))
+    })?;
+    let (tree_report, initrd, grub_imgs, oem, usr, root) = results;
+    reports.push(tree_report);
+    let (initrd_dir, rep) = initrd?;
+    reports.push(rep);
+    let (grub_dir, rep) = grub_imgs?;
+    reports.push(rep);
+    let (oem_dir, rep) = oem?;
+    reports.push(rep);
+    let (usr_dir, rep) = usr?;
+    reports.push(rep);
+    let (root_dir, rep) = root?;
+    reports.push(rep);
+    drop(work);
+
+    // The ESP: GRUB for UEFI, grub.cfg, slot A's kernel and initramfs.
+    let cmdline = kernel_cmdline(r);
+    let esp_key = Key::new("esp")
+        .add("kernel", &kernel_key)
+        .add("initramfs", &initramfs_key)
+        .add("grub", &grub_key)
+        .add("cmdline", &cmdline)
+        .add("identity", &identity)
+        .add("tools", &versions.vfat)
+        .finish();
+    let (esp_dir, rep) = cache.stage("esp", &esp_key, opts.rebuild, |out| {
+        let cfg = grub::config(
+            &[grub::MenuEntry {
+                id: "usr-a".into(),
+                title: format!("{} {} (USR-A)", r.os.name, r.os.version),
+                kernel: "/kiln/vmlinuz-a".into(),
+                initrd: "/kiln/initrd-a".into(),
+                cmdline: cmdline.clone(),
+            }],
+            r.board.grub.timeout,
+        );
+        std::fs::write(out.join("grub.cfg"), cfg)?;
+        let mut files = vec![
+            ("/grub/grub.cfg".to_string(), out.join("grub.cfg")),
+            ("/kiln/vmlinuz-a".to_string(), kst.dir.join("vmlinuz")),
+            ("/kiln/initrd-a".to_string(), initrd_dir.join("initrd.img")),
+        ];
+        if let (true, Some(bin)) = (r.has_firmware(Firmware::Uefi), &r.board.grub.efi_binary) {
+            files.push((format!("/EFI/BOOT/{bin}"), grub_dir.join("grub.efi")));
+        }
+        Vfat {
+            label: &esp_part.label,
+            serial: ids::derive_serial(&identity, "esp-serial"),
+            epoch,
+            size: esp_part.size.0,
+            what: &esp_part.label,
+        }
+        .build(&files, &out.join("fs.img"))
+    })?;
+    reports.push(rep);
+
+    // The disk: GPT, boot code, partitions at their offsets. Written under a temporary name
+    // and renamed, so the output directory never holds a half-written image.
+    let disk_start = Instant::now();
+    std::fs::create_dir_all(&opts.output_dir).with_context(|| {
+        format!(
+            "cannot create output directory {}",
+            opts.output_dir.display()
+        )
+    })?;
+    let image = opts.output_dir.join(format!("{}_image.bin", r.name));
+    let mut contents: Vec<(u32, PathBuf)> = vec![
+        (esp_part.number, esp_dir.join("fs.img")),
+        (usr_part.number, usr_dir.join("fs.img")),
+        (root_part.number, root_dir.join("fs.img")),
+        (oem_part.number, oem_dir.join("fs.img")),
+    ];
+    let mut boot_code = None;
+    if r.has_firmware(Firmware::Bios) {
+        let bb = r
+            .layout
+            .by_content(Content::BiosBoot)
+            .expect("checked for bios");
+        let pp = plan.partition(bb.number).expect("planned");
+        let lba = pp.offset_bytes / 512;
+        let core = grub::patch_core(
+            std::fs::read(grub_dir.join("core.img"))?,
+            lba,
+            pp.size_bytes,
+        )?;
+        let core_path = opts.output_dir.join(format!(".{}_core.img.tmp", r.name));
+        std::fs::write(&core_path, core)?;
+        contents.push((bb.number, core_path));
+        boot_code = Some(grub::bios_boot_code(lba)?);
+    }
+    let written = write_disk(&plan, &contents, boot_code.as_deref(), &image);
+    for (_, p) in &contents {
+        if p.starts_with(&opts.output_dir) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let image_size = written?;
+    reports.push(StageReport {
+        stage: "disk".into(),
+        cached: false,
+        seconds: disk_start.elapsed().as_secs_f64(),
+        tool_peak_rss_kib: 0,
+    });
+
+    Ok(BuildOutput {
+        image,
+        image_size,
+        kernel_version: kver,
+        stages: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn kernel_cmdline(r: &Resolved) -> String {
+    let usr = r
+        .layout
+        .slot(SlotName::A)
+        .and_then(|p| p.uuid)
+        .expect("checked");
+    let root = r.layout.by_content(Content::Root).expect("checked");
+    let mut args = vec![
+        format!("mount.usr=PARTUUID={usr}"),
+        "mount.usrflags=ro".to_string(),
+        format!("root=LABEL={}", root.label),
+    ];
+    args.extend(r.kernel.cmdline.iter().cloned());
+    args.push(format!("kiln.oem.id={}", r.oem.id));
+    args.join(" ")
+}
+
+fn plan_disk(r: &Resolved, identity: &str) -> Result<kiln_disk::DiskPlan> {
+    let specs = r
+        .layout
+        .partitions
+        .iter()
+        .map(|p| {
+            Ok(PartitionSpec {
+                number: p.number,
+                label: p.label.clone(),
+                type_guid: p.type_guid,
+                part_guid: p
+                    .uuid
+                    .unwrap_or_else(|| ids::derive(identity, &format!("part-{}", p.label))),
+                size_bytes: p.size.0,
+                attributes: Attributes::slot(p.priority, p.tries, p.successful)
+                    .map_err(|e| anyhow::anyhow!("partition {}: {e}", p.label))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut plan = kiln_disk::plan(&specs, r.layout.alignment)?;
+    plan.gpt.disk_guid = ids::derive(identity, "disk");
+    Ok(plan)
+}
+
+fn write_disk(
+    plan: &kiln_disk::DiskPlan,
+    contents: &[(u32, PathBuf)],
+    boot_code: Option<&[u8]>,
+    image: &Path,
+) -> Result<u64> {
+    let dir = image.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.",
+            image.file_name().unwrap_or_default().to_string_lossy()
+        ))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let f = tmp.as_file();
+    f.set_len(plan.disk_size_bytes)?;
+    let mut w = f;
+    plan.gpt.write(&mut w, boot_code)?;
+    for (number, src) in contents {
+        let p = plan
+            .partition(*number)
+            .with_context(|| format!("partition {number} not planned"))?;
+        kiln_disk::copy_sparse(src, f, p.offset_bytes, p.size_bytes, &p.label)?;
+    }
+    f.sync_all()?;
+    tmp.persist(image)
+        .with_context(|| format!("cannot write {}", image.display()))?;
+    Ok(plan.disk_size_bytes)
+}
+
+/// The kernel package and busybox-static, extracted (not installed) with mmdebstrap.
+fn kernel_stage(r: &Resolved, debs: &Path, epoch: i64, out: &Path) -> Result<()> {
+    let tree = out.join("extract");
+    let include = vec![r.kernel.package.clone(), "busybox-static".to_string()];
+    Bootstrap {
+        packages: &r.packages,
+        variant: "extract",
+        include: &include,
+        arch: &r.board.debian_arch,
+        epoch,
+        deb_cache: debs,
+    }
+    .run(&tree, &out.join("mmdebstrap.log"))?;
+    let k = kernel::find(&tree)?;
+    std::fs::rename(&k.vmlinuz, out.join("vmlinuz"))?;
+    if k.config.exists() {
+        std::fs::rename(&k.config, out.join("config"))?;
+    }
+    let mods = out.join("modules/lib/modules");
+    std::fs::create_dir_all(&mods)?;
+    std::fs::rename(&k.modules, mods.join(&k.version))?;
+    kernel::depmod(&out.join("modules"), &k.version)?;
+    let busybox = ["usr/bin/busybox", "bin/busybox"]
+        .iter()
+        .map(|p| tree.join(p))
+        .find(|p| p.is_file())
+        .context("busybox-static did not provide /bin/busybox")?;
+    std::fs::rename(busybox, out.join("busybox"))?;
+    std::fs::write(out.join("version"), format!("{}\n", k.version))?;
+    std::fs::remove_dir_all(&tree)?;
+    st::normalize_times(out, epoch)
+}
+
+fn grub_stage(r: &Resolved, esp_number: u32, out: &Path) -> Result<()> {
+    // `(,gptN)`: the partition on the disk GRUB was loaded from, on BIOS and UEFI alike.
+    let prefix = format!("(,gpt{esp_number})/grub");
+    let g = &r.board.grub;
+    if r.has_firmware(Firmware::Bios) {
+        let mut m = g.modules.clone();
+        m.extend(g.bios_modules.iter().cloned());
+        grub::mkimage(
+            g.bios_target.as_deref().expect("checked"),
+            &prefix,
+            &m,
+            &out.join("core.img"),
+        )?;
+    }
+    if r.has_firmware(Firmware::Uefi) {
+        let mut m = g.modules.clone();
+        m.extend(g.efi_modules.iter().cloned());
+        grub::mkimage(
+            g.efi_target.as_deref().expect("checked"),
+            &prefix,
+            &m,
+            &out.join("grub.efi"),
+        )?;
+    }
+    Ok(())
+}
+
+fn oem_stage(r: &Resolved, part: &Partition, identity: &str, out: &Path) -> Result<()> {
+    let tree = out.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    st::apply_overlay(&r.oem.tree, &tree)?;
+    st::write_file_in(
+        &tree,
+        Path::new("oem-release"),
+        format!("ID={}\n", r.oem.id).as_bytes(),
+        0o644,
+    )?;
+    st::normalize_times(&tree, r.source_date_epoch)?;
+    Ext4 {
+        label: &part.label,
+        uuid: ids::derive(identity, "oem-fs"),
+        hash_seed: ids::derive(identity, "oem-hash-seed"),
+        epoch: r.source_date_epoch,
+        size: part.size.0,
+        what: &part.label,
+    }
+    .build(&tree, &out.join("fs.img"))?;
+    std::fs::remove_dir_all(&tree)?;
+    Ok(())
+}
+
+fn usr_stage(
+    r: &Resolved,
+    part: &Partition,
+    identity: &str,
+    tree: &Path,
+    out: &Path,
+) -> Result<()> {
+    let img = out.join("fs.img");
+    match r.usr_filesystem {
+        Filesystem::Erofs => {
+            Erofs {
+                uuid: ids::derive(identity, "usr-fs"),
+                epoch: r.source_date_epoch,
+                compression: &r.usr_compression,
+                limit: part.size.0,
+                what: &part.label,
+            }
+            .build(tree, &img)?;
+        }
+        Filesystem::Ext4 => Ext4 {
+            label: &part.label,
+            uuid: ids::derive(identity, "usr-fs"),
+            hash_seed: ids::derive(identity, "usr-hash-seed"),
+            epoch: r.source_date_epoch,
+            size: part.size.0,
+            what: &part.label,
+        }
+        .build(tree, &img)?,
+        Filesystem::Vfat => bail!("USR cannot be vfat"),
+    }
+    Ok(())
+}
+
+const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// The image's tree: packages, kernel modules, agent, os-release and overlays, split into
+/// the USR tree and the ROOT tree (with merged-/usr symlinks and an empty /usr mount point).
+fn assemble_tree(
+    r: &Resolved,
+    packages: &Path,
+    k: &KernelStage,
+    agent: &Path,
+    work: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    let image = work.join("image");
+    std::fs::create_dir_all(&image)?;
+    st::link_or_copy_tree(packages, &image).context("cannot copy the package tree")?;
+    for d in MERGED {
+        let p = image.join(d);
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            bail!("/{d} in the package tree is a directory, not a link into /usr; kiln needs a merged-/usr suite (bookworm or later)");
+        }
+    }
+    let mods = st::create_dir_all_in(&image, Path::new("usr/lib/modules"))?;
+    st::link_or_copy_tree(&k.dir.join("modules/lib/modules"), &mods)?;
+
+    for o in &r.overlays {
+        st::apply_overlay(o, &image)
+            .with_context(|| format!("cannot apply overlay {}", o.display()))?;
+    }
+    // What kiln writes wins over overlays: the version the system reports must be true.
+    st::write_file_in(
+        &image,
+        Path::new("usr/bin/kiln-agent"),
+        &std::fs::read(agent)?,
+        0o755,
+    )?;
+    let os_release = format!(
+        "NAME=\"{}\"\nID={}\nVERSION=\"{}\"\nVERSION_ID={}\nPRETTY_NAME=\"{} {}\"\nKILN_BOARD={}\nKILN_RECIPE={}\nKILN_RECIPE_HASH={}\n",
+        r.os.name,
+        r.os.id,
+        r.os.version,
+        r.os.version,
+        r.os.name,
+        r.os.version,
+        r.board.name,
+        r.name,
+        r.identity()
+    );
+    st::write_file_in(
+        &image,
+        Path::new("usr/lib/os-release"),
+        os_release.as_bytes(),
+        0o644,
+    )?;
+    let etc_os = image.join("etc/os-release");
+    if etc_os.symlink_metadata().is_ok() {
+        std::fs::remove_file(&etc_os)?;
+    }
+    std::os::unix::fs::symlink("../usr/lib/os-release", &etc_os)?;
+    st::create_dir_all_in(&image, Path::new("usr/share/oem"))?;
+    st::write_file_in(
+        &image,
+        Path::new("etc/hostname"),
+        format!("{}\n", r.name).as_bytes(),
+        0o644,
+    )?;
+    // mmdebstrap copies the host's resolv.conf; it does not belong in an image.
+    let _ = std::fs::remove_file(image.join("etc/resolv.conf"));
+
+    // Split: /usr becomes the USR tree, the rest is ROOT with an empty /usr.
+    let usr = work.join("usr");
+    std::fs::rename(image.join("usr"), &usr)?;
+    std::fs::create_dir(image.join("usr"))?;
+    for d in MERGED {
+        let p = image.join(d);
+        if p.symlink_metadata().is_ok() {
+            std::fs::remove_file(&p)?;
+        }
+        if usr.join(d).is_dir() {
+            std::os::unix::fs::symlink(format!("usr/{d}"), &p)?;
+        }
+    }
+    st::normalize_times(&image, r.source_date_epoch)?;
+    st::normalize_times(&usr, r.source_date_epoch)?;
+    Ok((usr, image))
+}

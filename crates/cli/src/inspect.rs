@@ -1,0 +1,156 @@
+//! `kiln inspect`: the partition table as kiln reads it, and which USR slot would boot.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln_disk::{next_boot, type_name, Gpt};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Report {
+    image: String,
+    disk_size: u64,
+    disk_guid: String,
+    read_from: String,
+    partitions: Vec<Part>,
+    next_boot: Option<Next>,
+}
+
+#[derive(Serialize)]
+struct Part {
+    number: u32,
+    label: String,
+    type_name: String,
+    type_guid: String,
+    partition_guid: String,
+    start_lba: u64,
+    start_bytes: u64,
+    size_bytes: u64,
+    attributes: Attrs,
+}
+
+#[derive(Serialize)]
+struct Attrs {
+    raw: String,
+    priority: u8,
+    tries: u8,
+    successful: bool,
+}
+
+#[derive(Serialize)]
+struct Next {
+    slot: String,
+    label: String,
+    partition: u32,
+    consumes_try: bool,
+}
+
+fn size(b: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if b % (1024 * MIB) == 0 {
+        format!("{} GiB", b / (1024 * MIB))
+    } else if b % MIB == 0 {
+        format!("{} MiB", b / MIB)
+    } else {
+        format!("{b} B")
+    }
+}
+
+pub fn inspect(image: &Path, json: bool) -> Result<()> {
+    let mut f =
+        std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
+    let len = f.metadata()?.len();
+    let read = Gpt::read(&mut f, len)
+        .with_context(|| format!("{} has no readable GPT", image.display()))?;
+    let gpt = &read.gpt;
+    let parts: Vec<Part> = gpt
+        .partitions()
+        .map(|(n, e)| Part {
+            number: n,
+            label: e.name.clone(),
+            type_name: type_name(&e.type_guid).unwrap_or("unknown").to_string(),
+            type_guid: e.type_guid.to_string(),
+            partition_guid: e.part_guid.to_string(),
+            start_lba: e.first_lba,
+            start_bytes: e.first_lba * 512,
+            size_bytes: e.sectors() * 512,
+            attributes: Attrs {
+                raw: format!("{:#018x}", e.attributes.0),
+                priority: e.attributes.priority(),
+                tries: e.attributes.tries(),
+                successful: e.attributes.successful(),
+            },
+        })
+        .collect();
+    let next = next_boot(gpt).map(|c| Next {
+        slot: c.slot.to_string(),
+        label: c.slot.label().to_string(),
+        partition: c.number,
+        consumes_try: c.consumes_try,
+    });
+    let report = Report {
+        image: image.display().to_string(),
+        disk_size: len,
+        disk_guid: gpt.disk_guid.to_string(),
+        read_from: read.source.to_string(),
+        partitions: parts,
+        next_boot: next,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} ({} bytes), disk GUID {}, read from the {} GPT",
+        report.image,
+        size(len),
+        len,
+        report.disk_guid,
+        report.read_from
+    );
+    if let Some(e) = read.primary_error.as_ref().or(read.backup_error.as_ref()) {
+        println!("warning: {e}");
+    }
+    println!(
+        "{:>3}  {:<12} {:<16} {:<36} {:>10} {:>9}  {}",
+        "#", "label", "type", "partition GUID", "start LBA", "size", "attributes"
+    );
+    for p in &report.partitions {
+        let a = &p.attributes;
+        let attrs = if p.type_name == "coreos-usr" || a.raw != "0x0000000000000000" {
+            format!(
+                "priority={} tries={} successful={}",
+                a.priority,
+                a.tries,
+                u8::from(a.successful)
+            )
+        } else {
+            "-".to_string()
+        };
+        println!(
+            "{:>3}  {:<12} {:<16} {:<36} {:>10} {:>9}  {}",
+            p.number,
+            p.label,
+            p.type_name,
+            p.partition_guid,
+            p.start_lba,
+            size(p.size_bytes),
+            attrs
+        );
+    }
+    match &report.next_boot {
+        Some(n) => println!(
+            "next boot: slot {} ({}, partition {}){}",
+            n.slot,
+            n.label,
+            n.partition,
+            if n.consumes_try {
+                ", using one try"
+            } else {
+                ""
+            }
+        ),
+        None => println!("next boot: no bootable USR slot"),
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! `kiln`: build immutable Linux OS images in the CoreOS style from TOML recipes.
+
+mod inspect;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build immutable Linux OS images (A/B /usr, CoreOS layout) from TOML recipes",
+    long_about = None
+)]
+struct Cli {
+    /// More output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct RecipeArgs {
+    /// Board profiles directory [default: the nearest board-profiles/ above the recipe]
+    #[arg(long, value_name = "DIR")]
+    board_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a recipe into a raw GPT disk image in the output directory.
+    ///
+    /// Stages (packages, kernel, initramfs, filesystems, GRUB) are cached by the hash of their
+    /// inputs under the cache directory; downloaded .deb files are kept there too.
+    Build {
+        /// Recipe file [default: recipes/minimal.toml]
+        recipe: Option<PathBuf>,
+        /// Where the image is written.
+        #[arg(short, long, default_value = "out", value_name = "DIR")]
+        output: PathBuf,
+        /// Cache for packages and stage outputs [default: $KILN_CACHE_DIR, else
+        /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln]
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// The static kiln-agent binary [default: $KILN_AGENT, else next to kiln]
+        #[arg(long, value_name = "FILE")]
+        agent: Option<PathBuf>,
+        /// Rebuild every stage even if cached (downloaded packages are still reused).
+        #[arg(long)]
+        rebuild: bool,
+        /// Print the build result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        recipe_args: RecipeArgs,
+    },
+    /// Check a recipe, its board profile, layout and every file they refer to, without building.
+    Validate {
+        recipe: PathBuf,
+        #[command(flatten)]
+        recipe_args: RecipeArgs,
+    },
+    /// Print an image's partition table, slot attributes and the slot that would boot next.
+    Inspect {
+        image: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot an image in QEMU with the serial console on this terminal.
+    ///
+    /// Exits when the guest powers off (Ctrl-a x quits QEMU). With --until-ready it boots
+    /// headless, prints the console, and exits 0 once the image prints its ready line.
+    Run(run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match dispatch(cli.cmd) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Build {
+            recipe,
+            output,
+            cache_dir,
+            agent,
+            rebuild,
+            json,
+            recipe_args,
+        } => {
+            let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
+            let resolved = load(&recipe, &recipe_args)?;
+            let agent = find_agent(agent)?;
+            let cache = kiln_build::CacheDirs::new(
+                cache_dir.unwrap_or_else(kiln_build::CacheDirs::default_root),
+            )?;
+            let out = kiln_build::build(
+                &resolved,
+                &kiln_build::BuildOptions {
+                    cache,
+                    output_dir: output,
+                    agent,
+                    rebuild,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for s in &out.stages {
+                    eprintln!(
+                        "  {:<10} {:>7.2} s  {}{}",
+                        s.stage,
+                        s.seconds,
+                        if s.cached { "cached" } else { "built" },
+                        if s.tool_peak_rss_kib > 0 {
+                            format!("  peak {} MiB", s.tool_peak_rss_kib / 1024)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                println!("{}", out.image.display());
+                eprintln!(
+                    "built {} ({} MiB, kernel {}) in {:.1} s",
+                    out.image.display(),
+                    out.image_size / (1024 * 1024),
+                    out.kernel_version,
+                    out.seconds
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Validate {
+            recipe,
+            recipe_args,
+        } => {
+            let r = load(&recipe, &recipe_args)?;
+            println!(
+                "{}: ok — board {}, layout {} ({}), {} partitions, {} overlay(s), OEM {}, kernel {}",
+                recipe.display(),
+                r.board.name,
+                r.layout.name,
+                r.layout.variant,
+                r.layout.partitions.len(),
+                r.overlays.len(),
+                r.oem.id,
+                r.kernel.package
+            );
+            Ok(0)
+        }
+        Cmd::Inspect { image, json } => inspect::inspect(&image, json).map(|_| 0),
+        Cmd::Run(args) => run::run(args),
+    }
+}
+
+fn load(recipe: &Path, a: &RecipeArgs) -> Result<kiln_recipe::Resolved> {
+    if !recipe.exists() {
+        anyhow::bail!("recipe {} does not exist", recipe.display());
+    }
+    kiln_recipe::load(
+        recipe,
+        &kiln_recipe::LoadOptions {
+            board_dir: a.board_dir.clone(),
+        },
+    )
+}
+
+/// The static agent: --agent, $KILN_AGENT, next to this executable, or where the README's
+/// build puts it.
+fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit.or_else(|| std::env::var_os("KILN_AGENT").map(PathBuf::from)) {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("cannot find the kiln executable")?;
+    let dir = exe.parent().context("kiln executable has no directory")?;
+    let candidates = [
+        dir.join("kiln-agent"),
+        dir.join("../x86_64-unknown-linux-gnu/release/kiln-agent"),
+        dir.join("../../x86_64-unknown-linux-gnu/release/kiln-agent"),
+    ];
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        "kiln-agent not found next to kiln; build it with\n  \
+         RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p kiln-agent --target x86_64-unknown-linux-gnu\n\
+         or pass --agent FILE"
+            .to_string()
+    })
+}
