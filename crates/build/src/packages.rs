@@ -35,6 +35,8 @@ impl Bootstrap<'_> {
                 self.packages.components.join(",")
             ))
             // Keep the downloaded packages in the tree; kiln moves them to its cache.
+            // No fsync per file: the tree is packed into filesystem images right after.
+            .arg("--dpkgopt=force-unsafe-io")
             .arg("--skip=essential/unlink")
             .arg("--skip=cleanup/apt/cache")
             .arg(format!("--setup-hook={SETUP_HOOK}"));
@@ -46,6 +48,13 @@ impl Bootstrap<'_> {
             c.arg(m);
         }
         cmd::run_logged(&mut c, log).context("mmdebstrap could not build the package tree")?;
+        // apt's binary caches record the build directory; apt regenerates them on demand.
+        for f in ["pkgcache.bin", "srcpkgcache.bin"] {
+            let p = target.join("var/cache/apt").join(f);
+            if p.exists() {
+                std::fs::remove_file(&p)?;
+            }
+        }
         collect_debs(target, self.deb_cache)
     }
 }

@@ -1,6 +1,7 @@
 //! ext4 images from a directory with `mke2fs -d`, made repeatable: UUID and hash seed passed in,
 //! E2FSPROGS_FAKE_TIME for filesystem times, and a debugfs pass that sets every inode's ctime
-//! (mke2fs 1.47.0 copies the host's ctime, which no one can set).
+//! and atime (mke2fs 1.47.0 copies the host's ctime, which no one can set, and atime, which
+//! reading the tree may change).
 
 use std::fs::File;
 use std::io::Write;
@@ -77,7 +78,9 @@ impl Ext4<'_> {
             if p.contains('"') || p.contains('\n') {
                 bail!("{}: path {p:?} has a quote or newline, which kiln cannot put into ext4 repeatably", self.what);
             }
+            // atime too: reading the tree (relatime) may have moved it since it was set.
             writeln!(s, "sif \"/{p}\" ctime @{epoch}")?;
+            writeln!(s, "sif \"/{p}\" atime @{epoch}")?;
         }
         s.flush()?;
         drop(s);

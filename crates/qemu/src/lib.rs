@@ -97,8 +97,11 @@ pub fn kvm_works(binary: &str) -> bool {
     }
     let Ok(mut child) = Command::new(binary)
         .args([
+            // The CPU model a KVM run uses: on some hosts that is what fails.
             "-machine",
             "q35,accel=kvm",
+            "-cpu",
+            "host",
             "-nodefaults",
             "-display",
             "none",
