@@ -285,11 +285,12 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         let root = cache.stage("root", &root_key, opts.rebuild, |out| {
             Ext4 {
                 label: &root_part.label,
-                uuid: ids::derive(&identity, "root-fs"),
-                hash_seed: ids::derive(&identity, "root-hash-seed"),
+                uuid: ids::derive(identity, "root-fs"),
+                hash_seed: ids::derive(identity, "root-hash-seed"),
                 epoch,
                 size: root_part.size.0,
                 what: &root_part.label,
+                origin: "the image's state tree (/etc, /var, /home, ...)",
             }
             .build(&root_tree, &out.join("fs.img"))
         });
@@ -564,6 +565,7 @@ fn oem_stage(r: &Resolved, part: &Partition, identity: &str, out: &Path) -> Resu
         epoch: r.source_date_epoch,
         size: part.size.0,
         what: &part.label,
+        origin: &format!("the OEM tree {}", r.oem.tree.display()),
     }
     .build(&tree, &out.join("fs.img"))?;
     std::fs::remove_dir_all(&tree)?;
@@ -596,6 +598,7 @@ fn usr_stage(
             epoch: r.source_date_epoch,
             size: part.size.0,
             what: &part.label,
+            origin: "the image's /usr",
         }
         .build(tree, &img)?,
         Filesystem::Vfat => bail!("USR cannot be vfat"),

@@ -47,9 +47,9 @@ struct Next {
 
 fn size(b: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if b % (1024 * MIB) == 0 {
+    if b.is_multiple_of(1024 * MIB) {
         format!("{} GiB", b / (1024 * MIB))
-    } else if b % MIB == 0 {
+    } else if b.is_multiple_of(MIB) {
         format!("{} MiB", b / MIB)
     } else {
         format!("{b} B")
@@ -112,8 +112,8 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         println!("warning: {e}");
     }
     println!(
-        "{:>3}  {:<12} {:<16} {:<36} {:>10} {:>9}  {}",
-        "#", "label", "type", "partition GUID", "start LBA", "size", "attributes"
+        "{:>3}  {:<12} {:<16} {:<36} {:>10} {:>9}  attributes",
+        "#", "label", "type", "partition GUID", "start LBA", "size"
     );
     for p in &report.partitions {
         let a = &p.attributes;

@@ -69,7 +69,7 @@ impl DiskPlan {
 pub fn plan(specs: &[PartitionSpec], align_bytes: u64) -> Result<DiskPlan> {
     ensure!(!specs.is_empty(), "a disk needs at least one partition");
     ensure!(
-        align_bytes > 0 && align_bytes % SECTOR_SIZE == 0,
+        align_bytes > 0 && align_bytes.is_multiple_of(SECTOR_SIZE),
         "alignment {align_bytes} is not a positive multiple of the {SECTOR_SIZE}-byte sector"
     );
     check_specs(specs)?;

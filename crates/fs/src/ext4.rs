@@ -22,6 +22,8 @@ pub struct Ext4<'a> {
     pub size: u64,
     /// Name of the partition, for error messages.
     pub what: &'a str,
+    /// Where the content comes from, for error messages (the tree may be a build copy).
+    pub origin: &'a str,
 }
 
 impl Ext4<'_> {
@@ -39,7 +41,7 @@ impl Ext4<'_> {
                 "{}: content of {} needs about {} but the {} partition is {} ({} usable for files); \
                  remove content or give the partition more space in the layout",
                 self.what,
-                tree.display(),
+                self.origin,
                 mib(need),
                 self.what,
                 mib(self.size),

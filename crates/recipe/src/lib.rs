@@ -443,7 +443,7 @@ fn load_layout(
             ),
         )
     })?;
-    if f.alignment.0 == 0 || f.alignment.0 % 512 != 0 {
+    if f.alignment.0 == 0 || !f.alignment.0.is_multiple_of(512) {
         bail!(
             "{}: alignment must be a non-zero multiple of 512 bytes",
             path.display()

@@ -45,11 +45,11 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b != 0 && b % GIB == 0 {
+        if b != 0 && b.is_multiple_of(GIB) {
             write!(f, "{}GiB", b / GIB)
-        } else if b != 0 && b % MIB == 0 {
+        } else if b != 0 && b.is_multiple_of(MIB) {
             write!(f, "{}MiB", b / MIB)
-        } else if b != 0 && b % KIB == 0 {
+        } else if b != 0 && b.is_multiple_of(KIB) {
             write!(f, "{}KiB", b / KIB)
         } else {
             write!(f, "{b}B")

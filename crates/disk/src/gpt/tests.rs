@@ -274,7 +274,7 @@ fn garbage_never_panics() {
             2 => {
                 let mut v = valid.clone();
                 for _ in 0..=rng.below(8) {
-                    let at = if rng.next() % 2 == 0 {
+                    let at = if rng.next().is_multiple_of(2) {
                         rng.below(34 * 512)
                     } else {
                         (DISK_SECTORS - 33) * 512 + rng.below(33 * 512)

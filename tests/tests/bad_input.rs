@@ -1,0 +1,210 @@
+//! Bad input gets a clear error naming what is wrong and where, a non-zero exit, no panic,
+//! and nothing half-written in the output directory.
+
+use std::path::{Path, PathBuf};
+
+use kiln_tests::{kiln, kiln_env, root, test_dir, text};
+
+const GOOD: &str = r#"board = "amd64-usr"
+source-date-epoch = 1735689600
+
+[os]
+name = "kiln"
+id = "kiln"
+version = "0.1.0"
+
+[packages]
+suite = "bookworm"
+mirrors = ["http://deb.debian.org/debian"]
+variant = "essential"
+include = ["busybox-static"]
+"#;
+
+fn recipe(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn validate_fails(path: &Path) -> String {
+    let board_dir = root().join("board-profiles");
+    let o = kiln(&[
+        "validate",
+        path.to_str().unwrap(),
+        "--board-dir",
+        board_dir.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1:\n{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    assert!(t.starts_with("error: ") || t.contains("\nerror: "), "{t}");
+    t
+}
+
+#[test]
+fn good_recipe_validates() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(d.path(), "good", GOOD);
+    let board_dir = root().join("board-profiles");
+    let o = kiln(&[
+        "validate",
+        p.to_str().unwrap(),
+        "--board-dir",
+        board_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = kiln(&["validate", "recipes/minimal.toml"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn malformed_toml_points_at_line_and_column() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(d.path(), "broken", &GOOD.replace("[os]", "[os"));
+    let t = validate_fails(&p);
+    assert!(t.contains(&format!("{}:4:4:", p.display())), "{t}");
+}
+
+#[test]
+fn unknown_key_is_named_with_position() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(
+        d.path(),
+        "unknown",
+        &GOOD.replace("[packages]\n", "[packages]\ncolour = \"blue\"\n"),
+    );
+    let t = validate_fails(&p);
+    assert!(
+        t.contains(&format!("{}:10:1: unknown field `colour`", p.display())),
+        "{t}"
+    );
+}
+
+#[test]
+fn wrong_type_is_named_with_position() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(
+        d.path(),
+        "wrongtype",
+        &GOOD.replace(
+            "source-date-epoch = 1735689600",
+            "source-date-epoch = \"yesterday\"",
+        ),
+    );
+    let t = validate_fails(&p);
+    assert!(
+        t.contains(&format!(
+            "{}:2:21: invalid type: string \"yesterday\", expected i64",
+            p.display()
+        )),
+        "{t}"
+    );
+}
+
+#[test]
+fn unknown_board_lists_known_ones() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(
+        d.path(),
+        "board",
+        &GOOD.replace("\"amd64-usr\"", "\"pdp11\""),
+    );
+    let t = validate_fails(&p);
+    assert!(
+        t.contains(&format!("{}:1:9: unknown board `pdp11`", p.display())),
+        "{t}"
+    );
+    assert!(t.contains("amd64-usr"), "{t}");
+}
+
+#[test]
+fn missing_overlay_is_named() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(
+        d.path(),
+        "overlay",
+        &format!("{GOOD}\n[rootfs]\noverlays = [\"nope\"]\n"),
+    );
+    let t = validate_fails(&p);
+    assert!(
+        t.contains(&format!("{}:16:13: overlay directory", p.display()))
+            && t.contains("nope does not exist"),
+        "{t}"
+    );
+}
+
+#[test]
+fn overlay_symlink_out_of_the_overlay_is_refused() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    std::fs::create_dir_all(d.path().join("ov/etc")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc/shadow", d.path().join("ov/etc/shadow")).unwrap();
+    let p = recipe(
+        d.path(),
+        "escape",
+        &format!("{GOOD}\n[rootfs]\noverlays = [\"ov\"]\n"),
+    );
+    let t = validate_fails(&p);
+    assert!(
+        t.contains("outside the overlay") && t.contains("etc/shadow"),
+        "{t}"
+    );
+    assert!(t.contains(&format!("{}:16:13:", p.display())), "{t}");
+}
+
+#[test]
+fn missing_host_tool_names_the_package_and_writes_nothing() {
+    let out = tempfile::tempdir_in(test_dir()).unwrap();
+    let outp = out.path().join("out");
+    let o = kiln_env(
+        &[
+            "build",
+            "recipes/minimal.toml",
+            "--output",
+            outp.to_str().unwrap(),
+        ],
+        &[("PATH", "/nonexistent")],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("mmdebstrap (Debian package mmdebstrap)"), "{t}");
+    assert!(t.contains("mke2fs (Debian package e2fsprogs)"), "{t}");
+    assert!(t.contains("apt-get install"), "{t}");
+    assert!(!outp.exists(), "output directory was created");
+}
+
+#[test]
+fn oem_tree_too_large_says_both_sizes_and_writes_nothing() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    // A copy of the board profiles whose OEM tree holds 200 MiB.
+    let boards = d.path().join("boards");
+    let st = std::process::Command::new("cp")
+        .args([
+            "-a",
+            root().join("board-profiles").to_str().unwrap(),
+            boards.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let big = std::fs::File::create(boards.join("oem/qemu/big.bin")).unwrap();
+    big.set_len(200 * 1024 * 1024).unwrap();
+    let outp = d.path().join("out");
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--board-dir",
+        boards.to_str().unwrap(),
+        "--output",
+        outp.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("OEM") && t.contains("200.0 MiB") && t.contains("128.0 MiB"),
+        "{t}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&outp)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "output directory holds {leftovers:?}");
+}

@@ -1,0 +1,205 @@
+//! The built image checked by tools kiln did not write: sgdisk, e2fsck, fsck.vfat, fsck.erofs,
+//! debugfs, mtools; plus `kiln inspect` and a repeat build that must be byte-identical.
+
+use std::fs::File;
+use std::io::Read;
+use std::process::Command;
+
+use kiln_tests::{extract_partition, kiln, minimal_image, test_dir, text};
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{cmd} {args:?} failed:\n{t}");
+    t
+}
+
+#[test]
+fn gpt_matches_the_coreos_layout() {
+    let img = minimal_image().to_str().unwrap();
+    assert!(run("sgdisk", &["-v", img]).contains("No problems found"));
+    let p = run("sgdisk", &["-p", img]);
+    for (n, name) in [
+        (1, "EFI-SYSTEM"),
+        (2, "BIOS-BOOT"),
+        (3, "USR-A"),
+        (4, "USR-B"),
+        (6, "OEM"),
+        (7, "OEM-CONFIG"),
+        (9, "ROOT"),
+    ] {
+        assert!(
+            p.lines()
+                .any(|l| l.split_whitespace().next() == Some(&n.to_string()) && l.ends_with(name)),
+            "{n} {name}:\n{p}"
+        );
+    }
+    assert!(
+        !p.lines()
+            .any(|l| matches!(l.split_whitespace().next(), Some("5") | Some("8"))),
+        "5 and 8 must be unused:\n{p}"
+    );
+    let a = run("sgdisk", &["-i", "3", img]);
+    assert!(a.contains("7130C94A-213A-4E5A-8E26-6CCE9662F132"), "{a}");
+    assert!(a.contains("5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6"), "{a}");
+    assert!(a.contains("Attribute flags: 0101000000000000"), "{a}");
+    let b = run("sgdisk", &["-i", "4", img]);
+    assert!(
+        b.contains("E03DD35C-7C2D-4A47-B3FE-27F15780A57C")
+            && b.contains("Attribute flags: 0000000000000000"),
+        "{b}"
+    );
+    let r = run("sgdisk", &["-i", "9", img]);
+    assert!(r.contains("3884DD41-8582-4404-B9A8-E9B84F2DF50E"), "{r}");
+    // 1 MiB alignment and sorted order.
+    let mut last = 0;
+    for l in p.lines().filter(|l| {
+        l.trim_start()
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    }) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let start: u64 = f[1].parse().unwrap();
+        assert_eq!(start % 2048, 0, "not 1 MiB aligned: {l}");
+        assert!(start > last, "not sorted: {l}");
+        last = start;
+    }
+    // The MBR carries GRUB's boot code pointed at BIOS-BOOT (LBA of partition 2).
+    let mbr = std::fs::read(minimal_image())
+        .map(|d| d[..512].to_vec())
+        .unwrap();
+    let core_lba = u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap());
+    let i2 = run("sgdisk", &["-i", "2", img]);
+    assert!(
+        i2.contains(&format!("First sector: {core_lba} ")),
+        "boot.img points at {core_lba}:\n{i2}"
+    );
+    assert_eq!(&mbr[510..], &[0x55, 0xaa]);
+}
+
+#[test]
+fn filesystems_are_clean_and_hold_the_split() {
+    let img = minimal_image();
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = |n: &str| d.path().join(n);
+    extract_partition(img, 1, &p("esp"));
+    extract_partition(img, 3, &p("usr"));
+    extract_partition(img, 6, &p("oem"));
+    extract_partition(img, 9, &p("root"));
+    let s = |x: &str| p(x).to_str().unwrap().to_string();
+    run("e2fsck", &["-fn", &s("root")]);
+    run("e2fsck", &["-fn", &s("oem")]);
+    run("fsck.vfat", &["-n", &s("esp")]);
+    run("fsck.erofs", &[&s("usr")]);
+    // ROOT: state and merged-/usr links, an empty /usr mount point.
+    let ls = run("debugfs", &["-R", "ls -l /", &s("root")]);
+    for want in ["etc", "var", "home", "usr", "bin", "sbin", "lib", "lib64"] {
+        assert!(
+            ls.split_whitespace().any(|w| w == want),
+            "ROOT lacks /{want}:\n{ls}"
+        );
+    }
+    let bin = run("debugfs", &["-R", "stat /bin", &s("root")]);
+    assert!(
+        bin.contains("Type: symlink") && bin.contains("Fast link dest: \"usr/bin\""),
+        "{bin}"
+    );
+    let usr = run("debugfs", &["-R", "ls -p /usr", &s("root")]);
+    let names: Vec<&str> = usr
+        .lines()
+        .filter_map(|l| l.strip_prefix('/')?.split('/').nth(4))
+        .filter(|n| *n != "." && *n != "..")
+        .collect();
+    assert!(
+        names.is_empty(),
+        "ROOT's /usr must be an empty mount point, holds {names:?}"
+    );
+    // OEM holds the OEM id.
+    let rel = run("debugfs", &["-R", "cat /oem-release", &s("oem")]);
+    assert!(rel.contains("ID=qemu"), "{rel}");
+    // ESP: GRUB for UEFI, its config, slot A's kernel and initramfs.
+    let esp = s("esp");
+    let dir = run("mdir", &["-i", &esp, "-/", "-b", "::/"]);
+    for want in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/grub/grub.cfg",
+        "::/kiln/vmlinuz-a",
+        "::/kiln/initrd-a",
+    ] {
+        assert!(
+            dir.lines().any(|l| l.eq_ignore_ascii_case(want)),
+            "ESP lacks {want}:\n{dir}"
+        );
+    }
+    let cfg = run("mtype", &["-i", &esp, "::/grub/grub.cfg"]);
+    assert!(
+        cfg.contains("mount.usr=PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132")
+            && cfg.contains("serial --unit=0"),
+        "{cfg}"
+    );
+}
+
+#[test]
+fn inspect_reports_table_and_next_slot() {
+    let img = minimal_image().to_str().unwrap().to_string();
+    let o = kiln(&["inspect", &img]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("next boot: slot A (USR-A, partition 3)"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("USR-A") && l.contains("priority=1 tries=0 successful=1")),
+        "{t}"
+    );
+    let o = kiln(&["inspect", "--json", &img]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["next_boot"]["slot"], "A");
+    let parts = v["partitions"].as_array().unwrap();
+    let numbers: Vec<u64> = parts
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 6, 7, 9]);
+    assert_eq!(parts[2]["type_name"], "coreos-usr");
+    assert_eq!(parts[2]["attributes"]["priority"], 1);
+    assert_eq!(parts[2]["attributes"]["successful"], true);
+}
+
+#[test]
+fn a_second_build_is_byte_identical() {
+    let first = minimal_image();
+    let out = test_dir().join("out-repeat");
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--rebuild",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = out.join("minimal_image.bin");
+    let (mut a, mut b) = (File::open(first).unwrap(), File::open(&second).unwrap());
+    assert_eq!(a.metadata().unwrap().len(), b.metadata().unwrap().len());
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut offset = 0u64;
+    loop {
+        let n = a.read(&mut x).unwrap();
+        b.read_exact(&mut y[..n]).unwrap();
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q) {
+            let at = offset + i as u64;
+            panic!("images differ first at byte {at} (sector {})", at / 512);
+        }
+        offset += n as u64;
+    }
+}
