@@ -51,3 +51,73 @@ fn minimal_boots_with_ovmf() {
         "kernel did not see EFI firmware"
     );
 }
+
+/// `kiln run` for a person: console on stdin/stdout, and it ends when the guest powers off.
+#[test]
+fn kiln_run_exits_when_the_guest_powers_off() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let (kiln, _) = kiln_tests::binaries();
+    let mut child = Command::new(kiln)
+        .current_dir(kiln_tests::root())
+        .args([
+            "run",
+            minimal_image().to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--snapshot",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("kiln: ready ") => break,
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no ready line; console:\n{}",
+                    seen[seen.len().saturating_sub(30)..].join("\n")
+                );
+            }
+        }
+    }
+    // The shell on ttyS0 is respawned by init right after the ready line.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stdin.write_all(b"poweroff\n").unwrap();
+    stdin.flush().unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "kiln run exited with {st}");
+            break;
+        }
+        while let Ok(l) = rx.try_recv() {
+            seen.push(l);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!(
+                "guest did not power off; console:\n{}",
+                seen[seen.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

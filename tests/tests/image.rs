@@ -173,8 +173,44 @@ fn inspect_reports_table_and_next_slot() {
     assert_eq!(parts[2]["attributes"]["successful"], true);
 }
 
+/// apt's fetch lines in a stage log that are package downloads (not index files).
+fn deb_downloads(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .lines()
+        .filter(|l| l.starts_with("Get:"))
+        .filter(|l| {
+            ![
+                "InRelease",
+                "Release",
+                "Release.gpg",
+                "Packages",
+                "Translation-en",
+            ]
+            .iter()
+            .any(|i| l.contains(&format!(" {i} [")))
+        })
+        .map(String::from)
+        .collect()
+}
+
+fn newest_stage_log(stage: &str) -> std::path::PathBuf {
+    let dir = kiln_tests::cache_dir().join("stages");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{stage}-"))
+        })
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
+        .map(|e| e.path().join("mmdebstrap.log"))
+        .unwrap_or_else(|| panic!("no {stage} stage in {}", dir.display()))
+}
+
 #[test]
-fn a_second_build_is_byte_identical() {
+fn a_second_build_downloads_nothing_and_is_byte_identical() {
     let first = minimal_image();
     let out = test_dir().join("out-repeat");
     let o = kiln(&[
@@ -186,6 +222,24 @@ fn a_second_build_is_byte_identical() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let second = out.join("minimal_image.bin");
+    // Every stage was rebuilt, from the .deb files cached by the first build.
+    for stage in ["packages", "kernel"] {
+        let log = newest_stage_log(stage);
+        let got = deb_downloads(&log);
+        assert!(
+            got.is_empty(),
+            "{stage} downloaded packages again ({}):\n{}",
+            log.display(),
+            got.join("\n")
+        );
+        assert!(
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("I: success"),
+            "{}",
+            log.display()
+        );
+    }
     let (mut a, mut b) = (File::open(first).unwrap(), File::open(&second).unwrap());
     assert_eq!(a.metadata().unwrap().len(), b.metadata().unwrap().len());
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);

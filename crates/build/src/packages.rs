@@ -28,6 +28,8 @@ impl Bootstrap<'_> {
         let mut c = Command::new(mm);
         c.env("SOURCE_DATE_EPOCH", self.epoch.to_string())
             .env("KILN_DEB_CACHE", self.deb_cache)
+            // Verbose: apt's own lines (what it fetched) go to the stage log.
+            .arg("--verbose")
             .arg(format!("--variant={}", self.variant))
             .arg(format!("--architectures={}", self.arch))
             .arg(format!(
