@@ -1,5 +1,6 @@
 //! `kiln`: build immutable Linux OS images in the CoreOS style from TOML recipes.
 
+mod bench;
 mod inspect;
 mod run;
 
@@ -24,7 +25,7 @@ struct Cli {
 }
 
 #[derive(clap::Args)]
-struct RecipeArgs {
+pub(crate) struct RecipeArgs {
     /// Board profiles directory [default: the nearest board-profiles/ above the recipe]
     #[arg(long, value_name = "DIR")]
     board_dir: Option<PathBuf>,
@@ -76,6 +77,9 @@ enum Cmd {
     /// Exits when the guest powers off (Ctrl-a x quits QEMU). With --until-ready it boots
     /// headless, prints the console, and exits 0 once the image prints its ready line.
     Run(run::RunArgs),
+    /// Benchmark a build: cold (empty caches), warm (packages cached) and fully cached, with
+    /// the time and peak memory of every stage.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -178,6 +182,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         }
         Cmd::Inspect { image, json } => inspect::inspect(&image, json).map(|_| 0),
         Cmd::Run(args) => run::run(args),
+        Cmd::Bench(args) => bench::bench(args),
     }
 }
 
