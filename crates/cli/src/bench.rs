@@ -28,7 +28,9 @@ fn max_rss_kib(who: i32) -> u64 {
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32> {
-    let recipe = a.recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
+    let recipe = a
+        .recipe
+        .unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
     let resolved = crate::load(&recipe, &a.recipe_args)?;
     let agent = crate::find_agent(a.agent)?;
     let tmp;
@@ -60,7 +62,9 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
 
     // A tool's peak RSS as Linux counts it includes the memory it shared with kiln at fork,
     // so each figure is at most kiln's own RSS (printed below) above the tool's real peak.
-    println!("stage          cold s  cold peak MiB   warm s  warm peak MiB   (peak: largest tool RSS)");
+    println!(
+        "stage          cold s  cold peak MiB   warm s  warm peak MiB   (peak: largest tool RSS)"
+    );
     for (c, w) in cold.stages.iter().zip(&warm.stages) {
         println!(
             "{:<12} {:>8.2} {:>14} {:>8.2} {:>14}",
@@ -80,7 +84,10 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     };
     line("cold", &cold, 60.0);
     line("warm", &warm, 20.0);
-    println!("cached  total {:>7.2} s  (every stage from the cache)", cached.seconds);
+    println!(
+        "cached  total {:>7.2} s  (every stage from the cache)",
+        cached.seconds
+    );
     println!(
         "peak memory: kiln {} MiB, largest tool {} MiB",
         max_rss_kib(libc::RUSAGE_SELF) / 1024,
