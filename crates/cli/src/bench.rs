@@ -33,7 +33,6 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         .unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
     let resolved = crate::load(&recipe, &a.recipe_args)?;
     let agent = crate::find_agent(a.agent)?;
-    let tmp;
     let work = match a.work_dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
@@ -41,7 +40,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         }
         None => tempfile::tempdir()?,
     };
-    tmp = work.path().to_path_buf();
+    let tmp = work.path().to_path_buf();
     let cache_root = tmp.join("cache");
     let opts = |out: &str| -> Result<BuildOptions> {
         Ok(BuildOptions {
