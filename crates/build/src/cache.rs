@@ -72,7 +72,38 @@ impl CacheDirs {
                 return Err(std::io::Error::last_os_error()).context("cannot lock the cache");
             }
         }
+        // Holding the lock, no other build is running: what a killed build left is garbage.
+        self.remove_leftovers()?;
         Ok(CacheLock(f))
+    }
+
+    fn remove_leftovers(&self) -> Result<()> {
+        for sub in ["stages", "work"] {
+            for e in std::fs::read_dir(self.root.join(sub))?.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if sub == "work" || name.starts_with(".tmp-") {
+                    tracing::debug!("removing leftover {}", e.path().display());
+                    std::fs::remove_dir_all(e.path())
+                        .with_context(|| format!("cannot remove {}", e.path().display()))?;
+                }
+            }
+        }
+        // Half-copied packages (collected under a temporary name, then renamed).
+        for dist in std::fs::read_dir(self.root.join("debs"))?.flatten() {
+            for e in std::fs::read_dir(dist.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with('.') && n.ends_with(".tmp") {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Returns the cached output of `stage` for `key`, or runs `produce` into a fresh

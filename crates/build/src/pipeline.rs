@@ -315,7 +315,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     reports.push(rep);
     let (root_dir, rep) = root?;
     reports.push(rep);
-    drop(work);
 
     // The ESP: GRUB for UEFI, grub.cfg, slot A's kernel and initramfs.
     let cmdline = kernel_cmdline(r);
@@ -387,18 +386,13 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             lba,
             pp.size_bytes,
         )?;
-        let core_path = opts.output_dir.join(format!(".{}_core.img.tmp", r.name));
+        let core_path = work.path().join("core.img");
         std::fs::write(&core_path, core)?;
         contents.push((bb.number, core_path));
         boot_code = Some(grub::bios_boot_code(lba)?);
     }
-    let written = write_disk(&plan, &contents, boot_code.as_deref(), &image);
-    for (_, p) in &contents {
-        if p.starts_with(&opts.output_dir) {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    let image_size = written?;
+    let image_size = write_disk(&plan, &contents, boot_code.as_deref(), &image)?;
+    drop(work);
     reports.push(StageReport {
         stage: "disk".into(),
         cached: false,
