@@ -59,16 +59,22 @@ pub fn kiln(args: &[&str]) -> Output {
 }
 
 pub fn kiln_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let (kiln, agent) = binaries();
+    let (kiln, _) = binaries();
     let mut c = Command::new(kiln);
-    c.current_dir(root())
-        .env("KILN_CACHE_DIR", cache_dir())
-        .env("KILN_AGENT", agent)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(args);
+    c.args(args);
     for (k, v) in env {
         c.env(k, v);
     }
+    run_kiln(c)
+}
+
+/// Runs a command (kiln itself, or a wrapper that execs it) with the test cache and agent.
+pub fn run_kiln(mut c: Command) -> Output {
+    let (_, agent) = binaries();
+    c.current_dir(root())
+        .env("KILN_CACHE_DIR", cache_dir())
+        .env("KILN_AGENT", agent)
+        .env_remove("SOURCE_DATE_EPOCH");
     c.output().expect("run kiln")
 }
 

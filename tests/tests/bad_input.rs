@@ -208,3 +208,30 @@ fn oem_tree_too_large_says_both_sizes_and_writes_nothing() {
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "output directory holds {leftovers:?}");
 }
+
+#[test]
+fn inspect_of_a_file_without_gpt_is_an_error_not_a_panic() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = d.path().join("garbage.img");
+    std::fs::write(&p, vec![0x5au8; 64 * 1024]).unwrap();
+    let o = kiln(&["inspect", p.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("has no readable GPT") && !t.contains("panicked"),
+        "{t}"
+    );
+    let o = kiln(&["inspect", d.path().join("missing.img").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn missing_recipe_is_named() {
+    let o = kiln(&["validate", "recipes/no-such-recipe.toml"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("recipes/no-such-recipe.toml does not exist"),
+        "{t}"
+    );
+}
