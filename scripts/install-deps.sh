@@ -26,6 +26,6 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
     gdisk libcap2-bin kmod xz-utils gcc libc6-dev
 
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "install-deps: cargo is not installed; kiln needs a Rust toolchain (rustup, Rust 1.80 or later)" >&2
+    echo "install-deps: cargo is not installed; kiln needs a Rust toolchain (rustup, Rust 1.87 or later)" >&2
     exit 1
 fi

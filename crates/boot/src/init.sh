@@ -10,6 +10,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 
 . /etc/kiln/initramfs.conf
+# No pathname expansion: kernel arguments may hold * or ?.
+set -f
 
 onfail=reboot
 usr= usrflags=ro usrfstype="$KILN_USR_FSTYPE" root= rootflags=rw rootfstype=ext4
@@ -35,6 +37,7 @@ fail() {
 }
 
 while read -r m; do
+    [ -n "$m" ] || continue
     insmod "/lib/modules/$KILN_KERNEL/$m" || fail "cannot load module $m"
 done < /etc/kiln/modules
 

@@ -77,8 +77,7 @@ pub fn build(inp: &Inputs, out: &Path) -> Result<Vec<String>> {
         "etc/kiln/initramfs.conf".into(),
         Entry::Data(conf.into_bytes(), 0o644),
     );
-    let mut list = order.join("\n");
-    list.push('\n');
+    let list: String = order.iter().map(|m| format!("{m}\n")).collect();
     entries.insert(
         "etc/kiln/modules".into(),
         Entry::Data(list.into_bytes(), 0o644),
@@ -163,15 +162,23 @@ pub fn check_static(path: &Path, what: &str) -> Result<()> {
         );
     }
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap()) as usize;
-    let phentsize = u16_at(54);
-    let phnum = u16_at(56);
+    let phoff = u64::from_le_bytes(data[32..40].try_into().expect("8 bytes"));
+    let phentsize = u16_at(54) as u64;
+    let phnum = u16_at(56) as u64;
     for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 4 > data.len() {
-            bail!("{what} at {}: truncated program headers", path.display());
-        }
-        let p_type = u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+        // Checked: the header comes from a file kiln was handed.
+        let o = i
+            .checked_mul(phentsize)
+            .and_then(|x| x.checked_add(phoff))
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|o| o.checked_add(4).is_some_and(|end| end <= data.len()))
+            .with_context(|| {
+                format!(
+                    "{what} at {}: program headers out of bounds",
+                    path.display()
+                )
+            })?;
+        let p_type = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes"));
         if p_type == 3 {
             bail!(
                 "{what} at {} is dynamically linked; the initramfs needs a static binary \
@@ -181,4 +188,34 @@ pub fn check_static(path: &Path, what: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_static_rejects_bad_elves_without_panicking() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        // Program headers far past the end (and an offset that overflows).
+        elf[32..40].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&3u16.to_le_bytes());
+        std::fs::write(&p, &elf).unwrap();
+        assert!(check_static(&p, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("out of bounds"));
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        assert!(check_static(&p, "x").is_err());
+        // A dynamically linked program: /bin/sh on the host.
+        let err = check_static(Path::new("/bin/sh"), "sh")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dynamically linked"), "{err}");
+    }
 }

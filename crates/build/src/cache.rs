@@ -137,10 +137,22 @@ impl CacheDirs {
             return Err(e.context(format!("stage {stage} failed")));
         }
         let peak = kiln_fs::cmd::take_peak_rss_kib();
+        // On disk before it is published: a cached stage is trusted as it is.
+        syncfs(&tmp)?;
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            // Move the old output aside first, so a killed rebuild never leaves a
+            // half-deleted directory under the stage's real name.
+            let old = self.root.join("stages").join(format!(
+                ".tmp-old-{stage}-{}-{}",
+                &key[..16],
+                std::process::id()
+            ));
+            std::fs::rename(&dir, &old)?;
+            std::fs::rename(&tmp, &dir)?;
+            std::fs::remove_dir_all(&old)?;
+        } else {
+            std::fs::rename(&tmp, &dir)?;
         }
-        std::fs::rename(&tmp, &dir)?;
         let r = report(stage, false, start, peak);
         tracing::info!("{stage}: done in {:.1} s", r.seconds);
         Ok((dir, r))
@@ -154,6 +166,17 @@ fn report(stage: &str, cached: bool, start: Instant, peak: u64) -> StageReport {
         seconds: start.elapsed().as_secs_f64(),
         tool_peak_rss_kib: peak,
     }
+}
+
+/// Flushes the filesystem holding `path` (one call for a stage's thousands of files).
+fn syncfs(path: &Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("syncfs {}", path.display()));
+    }
+    Ok(())
 }
 
 pub struct CacheLock(#[allow(dead_code)] File);

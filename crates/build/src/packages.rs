@@ -39,6 +39,10 @@ impl Bootstrap<'_> {
             // Keep the downloaded packages in the tree; kiln moves them to its cache.
             // No fsync per file: the tree is packed into filesystem images right after.
             .arg("--dpkgopt=force-unsafe-io")
+            // kiln mounts nothing, and so the tree is the same whether or not the build
+            // environment allows mounts: maintainer scripts run without /proc, /sys, /dev.
+            .arg("--mode=root")
+            .arg("--skip=chroot/mount")
             .arg("--skip=essential/unlink")
             .arg("--skip=cleanup/apt/cache")
             .arg(format!("--setup-hook={SETUP_HOOK}"));

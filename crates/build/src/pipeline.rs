@@ -110,6 +110,12 @@ impl KernelStage {
 
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let started = Instant::now();
+    // mmdebstrap's root mode keeps file ownership as the packages say; run kiln as root (in a
+    // container, root of its user namespace is enough: nothing is mounted).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kiln build must run as root (root in a user namespace is enough): the package tree keeps the owners the packages set");
+    }
     tools::check_all(&required_tools(r))?;
     initramfs::check_static(&opts.agent, "kiln-agent")?;
     let cache = &opts.cache;
@@ -136,6 +142,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         .add("package", &r.kernel.package)
         .add("suite", &r.packages.suite)
         .add("mirrors", r.packages.mirrors.join(" "))
+        .add("components", r.packages.components.join(" "))
         .add("arch", arch)
         .add("epoch", epoch.to_string())
         .add("mmdebstrap", &versions.mmdebstrap)
@@ -613,15 +620,20 @@ fn assemble_tree(
 ) -> Result<(PathBuf, PathBuf)> {
     let image = work.join("image");
     std::fs::create_dir_all(&image)?;
-    st::link_or_copy_tree(packages, &image).context("cannot copy the package tree")?;
+    st::link_or_copy_tree(packages, &image, Path::new(""))
+        .context("cannot copy the package tree")?;
     for d in MERGED {
         let p = image.join(d);
         if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             bail!("/{d} in the package tree is a directory, not a link into /usr; kiln needs a merged-/usr suite (bookworm or later)");
         }
     }
-    let mods = st::create_dir_all_in(&image, Path::new("usr/lib/modules"))?;
-    st::link_or_copy_tree(&k.dir.join("modules/lib/modules"), &mods)?;
+    st::link_or_copy_tree(
+        &k.dir.join("modules/lib/modules"),
+        &image,
+        Path::new("usr/lib/modules"),
+    )
+    .context("cannot copy the kernel modules")?;
 
     for o in &r.overlays {
         st::apply_overlay(o, &image)
@@ -652,7 +664,7 @@ fn assemble_tree(
         os_release.as_bytes(),
         0o644,
     )?;
-    let etc_os = image.join("etc/os-release");
+    let etc_os = st::resolve_in_root(&image, Path::new("etc/os-release"), false)?;
     if etc_os.symlink_metadata().is_ok() {
         std::fs::remove_file(&etc_os)?;
     }
@@ -665,7 +677,10 @@ fn assemble_tree(
         0o644,
     )?;
     // mmdebstrap copies the host's resolv.conf; it does not belong in an image.
-    let _ = std::fs::remove_file(image.join("etc/resolv.conf"));
+    let resolv = st::resolve_in_root(&image, Path::new("etc/resolv.conf"), false)?;
+    if resolv.symlink_metadata().is_ok() {
+        std::fs::remove_file(&resolv)?;
+    }
 
     // Split: /usr becomes the USR tree, the rest is ROOT with an empty /usr.
     let usr = work.join("usr");

@@ -74,8 +74,12 @@ pub fn create_dir_all_in(root: &Path, rel: &Path) -> Result<PathBuf> {
                 "{} exists in the image and is not a directory",
                 done.display()
             ),
-            Err(_) => std::fs::create_dir(&host)
-                .with_context(|| format!("cannot create {}", host.display()))?,
+            Err(_) => {
+                std::fs::create_dir(&host)
+                    .with_context(|| format!("cannot create {}", host.display()))?;
+                // Not the umask of whoever runs kiln.
+                std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755))?;
+            }
         }
     }
     resolve_in_root(root, rel, true)
@@ -104,8 +108,9 @@ fn remove_non_dir(host: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies an overlay tree over the image: directories are merged, files and symlinks replace
-/// what is there. Symlinks are copied as symlinks, never followed on the host.
+/// Copies an overlay tree over the image: directories are merged (an existing directory keeps
+/// its mode; a new one gets 0755), files and symlinks replace what is there. Symlinks are
+/// copied as symlinks, never followed on the host.
 pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
     for e in WalkDir::new(overlay)
         .follow_links(false)
@@ -116,8 +121,7 @@ pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
         let rel = e.path().strip_prefix(overlay)?;
         let m = e.path().symlink_metadata()?;
         if m.is_dir() {
-            let host = create_dir_all_in(root, rel)?;
-            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            create_dir_all_in(root, rel)?;
             continue;
         }
         let parent = create_dir_all_in(root, rel.parent().unwrap_or(Path::new("")))?;
@@ -127,10 +131,11 @@ pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
             symlink(std::fs::read_link(e.path())?, &host)
                 .with_context(|| format!("cannot create symlink {}", host.display()))?;
         } else if m.is_file() {
-            std::fs::copy(e.path(), &host).with_context(|| {
-                format!("cannot copy {} to {}", e.path().display(), host.display())
-            })?;
-            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            copy_new(e.path(), &host)?;
+            std::fs::set_permissions(
+                &host,
+                std::fs::Permissions::from_mode(kiln_recipe::tree::overlay_mode(false, m.mode())),
+            )?;
         } else {
             bail!(
                 "{}: overlays may hold files, directories and symlinks only",
@@ -138,6 +143,21 @@ pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Copies a file to a path that must not exist yet (never writes through a symlink or into
+/// a file that is hard-linked elsewhere).
+fn copy_new(src: &Path, dst: &Path) -> Result<()> {
+    let mut from =
+        std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    std::io::copy(&mut from, &mut to)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
     Ok(())
 }
 
@@ -153,29 +173,42 @@ pub fn normalize_times(root: &Path, epoch: i64) -> Result<()> {
     Ok(())
 }
 
-/// Copies a tree with hard links where possible (same filesystem), else by copying; keeps
-/// symlinks, modes and ownership. Used to assemble partition trees from cached stages
-/// without duplicating their bytes.
-pub fn link_or_copy_tree(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the tree `src` into the image at `root`/`prefix`, with hard links where possible
+/// (same filesystem), keeping symlinks, modes and ownership. Destinations are resolved inside
+/// `root` like any image path, and an existing file is replaced (unlinked first), never
+/// written into: it may be a symlink, or a hard link into the stage cache.
+pub fn link_or_copy_tree(src: &Path, root: &Path, prefix: &Path) -> Result<()> {
+    let mut dirs: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
     for e in WalkDir::new(src).follow_links(false).sort_by_file_name() {
         let e = e.with_context(|| format!("cannot walk {}", src.display()))?;
-        let rel = e.path().strip_prefix(src)?;
-        let to = dst.join(rel);
+        let rel = prefix.join(e.path().strip_prefix(src)?);
         let m = e.path().symlink_metadata()?;
         let ft = m.file_type();
         if ft.is_dir() {
-            if !to.exists() {
-                std::fs::create_dir(&to)
-                    .with_context(|| format!("cannot create {}", to.display()))?;
-            }
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
-        } else if ft.is_symlink() {
+            let host = create_dir_all_in(root, &rel)?;
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            chown(&host, &m)?;
+            dirs.insert(rel, host);
+            continue;
+        }
+        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let parent = match dirs.get(&parent_rel) {
+            Some(p) => p.clone(),
+            None => create_dir_all_in(root, &parent_rel)?,
+        };
+        let to = parent.join(rel.file_name().context("empty path")?);
+        remove_non_dir(&to)?;
+        if ft.is_symlink() {
             symlink(std::fs::read_link(e.path())?, &to)
                 .with_context(|| format!("cannot create symlink {}", to.display()))?;
         } else if ft.is_file() {
-            if std::fs::hard_link(e.path(), &to).is_err() {
-                std::fs::copy(e.path(), &to)
-                    .with_context(|| format!("cannot copy {}", e.path().display()))?;
+            if let Err(err) = std::fs::hard_link(e.path(), &to) {
+                // EXDEV: another filesystem; EPERM: protected_hardlinks for a non-owner.
+                if !matches!(err.raw_os_error(), Some(libc::EXDEV) | Some(libc::EPERM)) {
+                    return Err(err).with_context(|| format!("cannot link {}", to.display()));
+                }
+                copy_new(e.path(), &to)?;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
             }
         } else {
             // Device nodes and fifos: recreate with mknod so ownership and numbers survive.
@@ -187,10 +220,18 @@ pub fn link_or_copy_tree(src: &Path, dst: &Path) -> Result<()> {
                     .with_context(|| format!("cannot create device node {}", to.display()));
             }
         }
-        // Ownership matters in the image (files owned by system users).
-        let c = std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?;
-        // SAFETY: valid path; lchown does not follow symlinks.
-        unsafe { libc::lchown(c.as_ptr(), m.uid(), m.gid()) };
+        chown(&to, &m)?;
+    }
+    Ok(())
+}
+
+/// Gives `path` (not following a symlink) the owner of `like`: ownership matters in the image.
+fn chown(path: &Path, like: &std::fs::Metadata) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid path; lchown does not follow symlinks.
+    if unsafe { libc::lchown(c.as_ptr(), like.uid(), like.gid()) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot chown {}", path.display()));
     }
     Ok(())
 }
@@ -230,6 +271,55 @@ mod tests {
         symlink("b", d.path().join("a")).unwrap();
         symlink("a", d.path().join("b")).unwrap();
         assert!(resolve_in_root(d.path(), Path::new("a/x"), true).is_err());
+    }
+
+    #[test]
+    fn tree_copy_never_writes_through_symlinks_or_into_linked_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, root, host) = (
+            d.path().join("src"),
+            d.path().join("root"),
+            d.path().join("host"),
+        );
+        std::fs::create_dir_all(src.join("m")).unwrap();
+        std::fs::write(src.join("m/dep"), "new").unwrap();
+        std::fs::write(src.join("m/linked"), "new").unwrap();
+        std::fs::create_dir_all(root.join("usr/lib/modules/m")).unwrap();
+        std::fs::write(&host, "host").unwrap();
+        // A symlink to a host file, and a file hard-linked to something outside.
+        symlink(&host, root.join("usr/lib/modules/m/dep")).unwrap();
+        let cached = d.path().join("cached");
+        std::fs::write(&cached, "cached").unwrap();
+        std::fs::hard_link(&cached, root.join("usr/lib/modules/m/linked")).unwrap();
+        link_or_copy_tree(&src, &root, Path::new("usr/lib/modules")).unwrap();
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), "host");
+        assert_eq!(std::fs::read_to_string(&cached).unwrap(), "cached");
+        assert_eq!(
+            std::fs::read_to_string(root.join("usr/lib/modules/m/dep")).unwrap(),
+            "new"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("usr/lib/modules/m/linked")).unwrap(),
+            "new"
+        );
+    }
+
+    #[test]
+    fn overlay_keeps_image_directory_modes_and_normalises_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, ov) = (d.path().join("root"), d.path().join("ov"));
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        std::fs::create_dir_all(ov.join("tmp")).unwrap();
+        std::fs::create_dir_all(ov.join("new")).unwrap();
+        std::fs::set_permissions(ov.join("tmp"), std::fs::Permissions::from_mode(0o775)).unwrap();
+        std::fs::write(ov.join("new/f"), "x").unwrap();
+        std::fs::set_permissions(ov.join("new/f"), std::fs::Permissions::from_mode(0o664)).unwrap();
+        apply_overlay(&ov, &root).unwrap();
+        let mode = |p: &str| root.join(p).symlink_metadata().unwrap().mode() & 0o7777;
+        assert_eq!(mode("tmp"), 0o1777);
+        assert_eq!(mode("new/f"), 0o644);
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub use layout::{Content, Filesystem, Layout, Partition, SlotName};
 pub use source::SourceFile;
 pub use units::ByteSize;
 
+/// SOURCE_DATE_EPOCH when neither the environment nor the recipe sets one: 1980-01-01, the
+/// earliest timestamp every filesystem in the image (FAT included) can store.
+pub const DEFAULT_EPOCH: i64 = 315_532_800;
+
 /// Where to look for board profiles when the caller does not say.
 pub const BOARD_DIR_NAME: &str = "board-profiles";
 
@@ -307,6 +311,12 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             ),
         ));
     }
+    check_name(&r.packages.suite)
+        .map_err(|m| anyhow::anyhow!("{}: packages.suite: {m}", recipe_path.display()))?;
+    check_name(&b.debian_arch)
+        .map_err(|m| anyhow::anyhow!("{}: debian-arch: {m}", board_path.display()))?;
+    check_text(&r.os.name)
+        .map_err(|m| anyhow::anyhow!("{}: os.name: {m}", recipe_path.display()))?;
     if r.packages.mirrors.is_empty() {
         bail!(
             "{}: packages.mirrors must name at least one mirror",
@@ -352,6 +362,20 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
 
     let mut cmdline = b.kernel.cmdline.clone();
     cmdline.extend(r.kernel.cmdline.iter().cloned());
+    for arg in &cmdline {
+        if arg.is_empty()
+            || arg
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "'\"\\;".contains(c))
+        {
+            bail!(
+                "kernel command-line argument {arg:?} (in {} or {}): each entry is one argument, \
+                 without spaces, quotes, backslashes or semicolons",
+                board_path.display(),
+                recipe_path.display()
+            );
+        }
+    }
     let mut initramfs_modules = b.kernel.initramfs_modules.clone();
     initramfs_modules.extend(r.kernel.initramfs_modules.iter().cloned());
 
@@ -360,10 +384,11 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             .trim()
             .parse()
             .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"))?,
-        Err(_) => r.source_date_epoch.unwrap_or(0),
+        // 1980-01-01, the earliest time FAT can store.
+        Err(_) => r.source_date_epoch.unwrap_or(DEFAULT_EPOCH),
     };
-    if source_date_epoch < 0 {
-        bail!("source-date-epoch must not be negative");
+    if !(DEFAULT_EPOCH..=u32::MAX as i64).contains(&source_date_epoch) {
+        bail!("source-date-epoch {source_date_epoch} is out of range: use {DEFAULT_EPOCH} (1980-01-01, FAT's first day) to {}", u32::MAX);
     }
 
     Ok(Resolved {
@@ -407,6 +432,16 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         source_date_epoch,
         tree_hashes,
     })
+}
+
+/// Free text that ends up quoted in generated files (os-release, grub.cfg).
+fn check_text(s: &str) -> std::result::Result<(), String> {
+    if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control() || "'\"\\$`".contains(c)) {
+        return Err(format!(
+            "`{s}` must be 1-64 characters without quotes, backslashes, $, ` or control characters"
+        ));
+    }
+    Ok(())
 }
 
 /// Names used in file names and identifiers: lower-case letters, digits, `-`, `_`, `.`.
@@ -464,8 +499,30 @@ fn load_layout(
             ));
         }
         let label = p.label.get_ref();
-        if label.is_empty() || label.encode_utf16().count() > 36 {
-            return Err(src.error_at(&p.label.span(), "a GPT label has 1 to 36 UTF-16 code units"));
+        if label.is_empty()
+            || label.len() > 36
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(src.error_at(
+                &p.label.span(),
+                "a label has 1 to 36 ASCII letters, digits, '-' or '_' (it names the partition and its filesystem)",
+            ));
+        }
+        let fs_limit = match p.filesystem {
+            Some(Filesystem::Vfat) => Some(11),
+            Some(Filesystem::Ext4) => Some(16),
+            _ => None,
+        };
+        if let Some(max) = fs_limit.filter(|m| label.len() > *m) {
+            return Err(src.error_at(
+                &p.label.span(),
+                format!(
+                    "label `{label}` is longer than a {} filesystem label ({max} characters)",
+                    p.filesystem.map(|f| f.as_str()).unwrap_or("")
+                ),
+            ));
         }
         if !labels.insert(label.clone()) {
             return Err(src.error_at(&p.label.span(), format!("label `{label}` is used twice")));

@@ -56,8 +56,19 @@ fn escapes(path: &Path) -> bool {
     false
 }
 
-/// A content hash of a tree: names, kinds, permission bits, symlink targets and file bytes,
-/// in sorted order. Owners and timestamps are left out on purpose: the build normalises them.
+/// The mode an overlay or OEM entry gets in the image: a checkout keeps only the execute bit
+/// (git), so anything else would make the image depend on the umask of whoever checked out.
+pub fn overlay_mode(is_dir: bool, mode: u32) -> u32 {
+    if is_dir || mode & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+/// A content hash of a tree: names, kinds, modes as the image will have them
+/// ([`overlay_mode`]), symlink targets and file bytes, in sorted order. Owners and timestamps
+/// are left out on purpose: the build normalises them.
 pub fn hash_tree(root: &Path) -> Result<String> {
     let mut h = Sha256::new();
     for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
@@ -69,7 +80,9 @@ pub fn hash_tree(root: &Path) -> Result<String> {
             .with_context(|| format!("cannot stat {}", entry.path().display()))?;
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
-        h.update(meta.permissions().mode().to_le_bytes());
+        if !meta.file_type().is_symlink() {
+            h.update(overlay_mode(meta.is_dir(), meta.permissions().mode()).to_le_bytes());
+        }
         if meta.file_type().is_symlink() {
             h.update(b"l");
             h.update(
