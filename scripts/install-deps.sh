@@ -23,7 +23,7 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
     e2fsprogs dosfstools mtools erofs-utils squashfs-tools \
     grub-common grub-pc-bin grub-efi-amd64-bin ovmf \
     "qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version" \
-    gdisk libcap2-bin kmod xz-utils gcc libc6-dev
+    gdisk libcap2-bin kmod xz-utils pigz gcc libc6-dev
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo is not installed; kiln needs a Rust toolchain (rustup, Rust 1.87 or later)" >&2

@@ -3,6 +3,7 @@
 //! neither the kernel nor busybox can look a partition up by its GPT identity.
 
 mod blockdev;
+mod grow;
 mod mounts;
 
 use std::path::Path;
@@ -27,6 +28,10 @@ enum Cmd {
     Ready,
     /// Print the USR slots of the boot disk with their attributes and the next slot to boot.
     Status,
+    /// Grow the ext4 filesystem mounted at MOUNT_POINT, and its partition if it is the last
+    /// one, to the end of its disk (moving the backup GPT there). Does nothing if there is
+    /// nothing to grow.
+    GrowRoot { mount_point: std::path::PathBuf },
 }
 
 fn main() {
@@ -35,6 +40,9 @@ fn main() {
         Cmd::Find { spec } => blockdev::find(&spec).map(|dev| println!("{}", dev.display())),
         Cmd::Ready => ready(),
         Cmd::Status => status(),
+        Cmd::GrowRoot { mount_point } => {
+            grow::grow(&mount_point).map(|s| println!("kiln-agent: grow-root: {s}"))
+        }
     };
     if let Err(e) = r {
         eprintln!("kiln-agent: {e:#}");
@@ -65,6 +73,7 @@ fn ready() -> Result<()> {
     // Both the mount flag and an actual write attempt must agree.
     let usr_ro = usr.read_only() && !mounts::writable(Path::new("/usr"));
     let root_rw = !root.read_only() && mounts::writable(Path::new("/"));
+    let root_mib = fs_size_mib("/");
     let oem_id = std::fs::read_to_string("/usr/share/oem/oem-release")
         .ok()
         .and_then(|t| {
@@ -80,7 +89,7 @@ fn ready() -> Result<()> {
         .map(|p| p.label)
         .unwrap_or_else(|| "none".into());
     println!(
-        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} oem-partlabel={oem_label}",
+        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} root-fs-mib={root_mib} oem-partlabel={oem_label}",
         if usr_ro { "ro" } else { "rw" },
         if root_rw { "rw" } else { "ro" },
         usr.fstype,
@@ -90,6 +99,17 @@ fn ready() -> Result<()> {
         root_part.as_ref().map(|p| p.label.clone()).unwrap_or_else(|| "none".into()),
     );
     Ok(())
+}
+
+/// Size of the filesystem at `path` in MiB (statvfs), 0 if unknown.
+fn fs_size_mib(path: &str) -> u64 {
+    let c = std::ffi::CString::new(path).expect("no NUL");
+    // SAFETY: statvfs fills a plain struct for a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_blocks as u64 * st.f_frsize as u64 / (1024 * 1024)
 }
 
 fn status() -> Result<()> {

@@ -58,6 +58,9 @@ rootdev=$(find_dev "$root") || fail "root device $root not found"
 usrdev=$(find_dev "$usr") || fail "USR device $usr not found"
 
 mount -t "$rootfstype" -o "$rootflags" "$rootdev" /sysroot || fail "cannot mount $rootdev at /"
+# Cloud disks are larger than the image: ROOT takes the rest (idempotent; a failure to grow
+# is reported, not fatal).
+kiln-agent grow-root /sysroot || echo "kiln-initramfs: warning: could not grow ROOT"
 [ -d /sysroot/usr ] || fail "ROOT has no /usr mount point"
 mount -t "$usrfstype" -o "$usrflags" "$usrdev" /sysroot/usr || fail "cannot mount $usrdev at /usr"
 if [ -n "$KILN_OEM" ] && oemdev=$(find_dev "$KILN_OEM"); then

@@ -100,7 +100,8 @@ pub fn build(inp: &Inputs, out: &Path) -> Result<Vec<String>> {
     let tmp = out.with_extension("tmp");
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32)?;
+    // Preset 2: the modules compress almost as well as at 6, in a third of the time.
+    let stream = xz2::stream::Stream::new_easy_encoder(2, xz2::stream::Check::Crc32)?;
     let mut xz = xz2::write::XzEncoder::new_stream(std::io::BufWriter::new(file), stream);
     let mtime = u32::try_from(inp.epoch).context("SOURCE_DATE_EPOCH does not fit a cpio header")?;
     for (ino, (name, entry)) in entries.iter().enumerate() {

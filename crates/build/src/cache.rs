@@ -1,9 +1,11 @@
 //! The cache: downloaded .deb files (kept between builds so a second build downloads nothing)
 //! and stage outputs named by their key. A lock file serialises builds sharing a cache.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -13,6 +15,11 @@ use crate::report::StageReport;
 #[derive(Debug, Clone)]
 pub struct CacheDirs {
     pub root: PathBuf,
+    /// One lock per stage key within this process: platforms built in parallel that need
+    /// the same stage wait for one build of it instead of racing.
+    keys: std::sync::Arc<Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>>,
+    /// Stages this process built: a --rebuild builds each once, not once per platform.
+    built: std::sync::Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl CacheDirs {
@@ -34,7 +41,11 @@ impl CacheDirs {
             std::fs::create_dir_all(&p)
                 .with_context(|| format!("cannot create cache directory {}", p.display()))?;
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            keys: Default::default(),
+            built: Default::default(),
+        })
     }
 
     /// .deb files for one suite and architecture.
@@ -117,7 +128,17 @@ impl CacheDirs {
     ) -> Result<(PathBuf, StageReport)> {
         let dir = self.stage_dir(stage, key);
         let start = Instant::now();
-        if dir.is_dir() && !rebuild {
+        let key_lock = self
+            .keys
+            .lock()
+            .expect("key table")
+            .entry(format!("{stage}-{key}"))
+            .or_default()
+            .clone();
+        let _guard = key_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let id = format!("{stage}-{key}");
+        let built_here = self.built.lock().expect("built set").contains(&id);
+        if dir.is_dir() && (!rebuild || built_here) {
             tracing::info!("{stage}: cached");
             return Ok((dir, report(stage, true, start, 0)));
         }
@@ -153,6 +174,7 @@ impl CacheDirs {
         } else {
             std::fs::rename(&tmp, &dir)?;
         }
+        self.built.lock().expect("built set").insert(id);
         let r = report(stage, false, start, peak);
         tracing::info!("{stage}: done in {:.1} s", r.seconds);
         Ok((dir, r))

@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 
 /// Bump to invalidate every cached stage when what a stage produces changes in code.
-pub const PIPELINE_VERSION: &str = "kiln-pipeline-2";
+pub const PIPELINE_VERSION: &str = "kiln-pipeline-3";
 
 #[derive(Clone)]
 pub struct Key(Sha256);

@@ -13,6 +13,7 @@
 //! Data flows one way; independent stages run in parallel; a stage whose key is already in
 //! the cache is not run again.
 
+pub mod artifact;
 pub mod cache;
 pub mod ids;
 pub mod key;

@@ -24,11 +24,16 @@ pub struct BuildOptions {
     pub agent: PathBuf,
     /// Ignore cached stages (downloaded packages are still reused).
     pub rebuild: bool,
+    /// Also keep each platform's raw disk as `<recipe>_<platform>_image.raw`.
+    pub keep_raw: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildOutput {
+    /// The board image (raw), `<recipe>_image.bin`.
     pub image: PathBuf,
+    /// Every platform artifact, sidecar and DIGESTS file.
+    pub artifacts: Vec<PathBuf>,
     pub image_size: u64,
     pub kernel_version: String,
     pub stages: Vec<StageReport>,
@@ -47,6 +52,9 @@ fn required_tools(r: &Resolved) -> Vec<&'static str> {
         "grub-mkimage",
         "depmod",
     ];
+    if !r.platforms.is_empty() {
+        t.extend(["qemu-img", "tar", "pigz"]);
+    }
     if r.usr_filesystem == Filesystem::Erofs {
         t.push("mkfs.erofs");
     }
@@ -108,6 +116,37 @@ impl KernelStage {
     }
 }
 
+/// One disk image the build writes: the board image, or a platform's.
+struct Variant<'a> {
+    /// "board" or the platform name.
+    name: String,
+    /// Seeds the disk GUID, the OEM and ESP identifiers.
+    identity: String,
+    oem_id: &'a str,
+    oem_tree: &'a Path,
+    layout: &'a kiln_recipe::Layout,
+    cmdline: Vec<String>,
+    modules: &'a [String],
+    platform: Option<&'a kiln_recipe::platform::Platform>,
+}
+
+/// Shared stage results every variant builds on.
+struct Shared<'a> {
+    r: &'a Resolved,
+    opts: &'a BuildOptions,
+    versions: &'a ToolVersions,
+    identity: &'a str,
+    kernel_key: &'a str,
+    kst: &'a KernelStage,
+    grub_key: &'a str,
+    grub_dir: &'a Path,
+    usr_image: &'a Path,
+    tree_key: &'a str,
+    usr_tree: &'a Path,
+    root_tree: &'a Path,
+    agent_hash: &'a str,
+}
+
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let started = Instant::now();
     // mmdebstrap's root mode keeps file ownership as the packages say; run kiln as root (in a
@@ -128,8 +167,35 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let agent_hash = file_hash(&opts.agent)?;
     let mut reports = Vec::new();
 
-    // The disk plan comes first: the BIOS core image needs its partition's LBA.
-    let plan = plan_disk(r, &identity)?;
+    // The board image and each platform's: what differs between them.
+    let board_cmdline = r.kernel.cmdline.clone();
+    let mut variants = vec![Variant {
+        name: "board".into(),
+        identity: identity.clone(),
+        oem_id: &r.oem.id,
+        oem_tree: &r.oem.tree,
+        layout: &r.layout,
+        cmdline: board_cmdline,
+        modules: &r.kernel.initramfs_modules,
+        platform: None,
+    }];
+    for p in &r.platforms {
+        variants.push(Variant {
+            name: p.name.clone(),
+            identity: r.platform_identity(p),
+            oem_id: &p.oem.id,
+            oem_tree: &p.oem.tree,
+            layout: &p.layout,
+            cmdline: p.cmdline.clone(),
+            modules: &p.initramfs_modules,
+            platform: Some(p),
+        });
+    }
+    // Plans first: a layout or size a format cannot take fails before any work.
+    let plans = variants
+        .iter()
+        .map(|v| plan_disk(v, r))
+        .collect::<Result<Vec<_>>>()?;
 
     let packages_json = serde_json::to_string(&r.packages)?;
     let packages_key = Key::new("packages")
@@ -183,21 +249,12 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         version: kver.clone(),
     };
 
-    let oem_part = r.layout.by_content(Content::Oem).expect("layout checked");
-    let root_part = r.layout.by_content(Content::Root).expect("layout checked");
     let usr_part = r.layout.slot(SlotName::A).expect("layout checked");
-    let esp_part = r.layout.by_content(Content::Esp).expect("layout checked");
-    let oem_spec = format!("PARTLABEL={}", oem_part.label);
-
-    let initramfs_key = Key::new("initramfs")
-        .add("kernel", &kernel_key)
-        .add("agent", &agent_hash)
-        .add("modules", r.kernel.initramfs_modules.join(" "))
-        .add("usr-fs", r.usr_filesystem.as_str())
-        .add("oem", &oem_spec)
-        .add("init", initramfs::INIT_SCRIPT)
-        .add("epoch", epoch.to_string())
-        .finish();
+    let esp_number = r
+        .layout
+        .by_content(Content::Esp)
+        .expect("layout checked")
+        .number;
     let tree_key = Key::new("tree")
         .add("packages", &packages_key)
         .add("kernel", &kernel_key)
@@ -214,126 +271,221 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             format!("{} {}", versions.erofs, versions.e2fsprogs),
         )
         .finish();
-    let root_key = Key::new("root")
-        .add("tree", &tree_key)
-        .add("size", root_part.size.0.to_string())
-        .add("tools", &versions.e2fsprogs)
-        .finish();
-    let oem_key = Key::new("oem")
-        .add("identity", &identity)
-        .add("size", oem_part.size.0.to_string())
-        .add("tools", &versions.e2fsprogs)
-        .finish();
     let grub_key = Key::new("grub")
         .add("board", serde_json::to_string(&r.board.grub)?)
         .add("firmware", format!("{:?}", r.board.firmware))
-        .add("esp-number", esp_part.number.to_string())
+        .add("esp-number", esp_number.to_string())
         .add("tools", &versions.grub)
         .finish();
 
-    // Everything below depends only on the stages above: run it in parallel.
+    // USR and every ROOT share the assembled tree; make it only if one of them is missing.
     let work = cache.work_dir()?;
-    let results = std::thread::scope(|s| -> Result<_> {
-        let initrd = s.spawn(|| {
-            cache.stage("initramfs", &initramfs_key, opts.rebuild, |out| {
-                initramfs::build(
-                    &initramfs::Inputs {
-                        kernel: &kst.tree(),
-                        busybox: &kst.dir.join("busybox"),
-                        agent: &opts.agent,
-                        modules: &r.kernel.initramfs_modules,
-                        usr_fstype: r.usr_filesystem.as_str(),
-                        oem_spec: &oem_spec,
-                        epoch,
-                    },
-                    &out.join("initrd.img"),
-                )
-                .map(|_| ())
-            })
-        });
-        let grub_imgs = s.spawn(|| {
+    let root_missing = variants.iter().any(|v| {
+        let size = v.layout.by_content(Content::Root).expect("checked").size.0;
+        !cache
+            .stage_dir("root", &root_key(&tree_key, size, &versions))
+            .is_dir()
+    });
+    let need_tree = opts.rebuild || root_missing || !cache.stage_dir("usr", &usr_key).is_dir();
+    let tree_start = Instant::now();
+    let (usr_tree, root_tree) = if need_tree {
+        assemble_tree(
+            r,
+            &packages_dir.join("root"),
+            &kst,
+            &opts.agent,
+            work.path(),
+        )?
+    } else {
+        (PathBuf::new(), PathBuf::new())
+    };
+    reports.push(StageReport {
+        stage: "tree".into(),
+        cached: !need_tree,
+        seconds: tree_start.elapsed().as_secs_f64(),
+        tool_peak_rss_kib: 0,
+    });
+
+    let (usr, grub_imgs) = std::thread::scope(|s| {
+        let g = s.spawn(|| {
             cache.stage("grub", &grub_key, opts.rebuild, |out| {
-                grub_stage(r, esp_part.number, out)
+                grub_stage(r, esp_number, out)
             })
         });
-        let oem = s.spawn(|| {
-            cache.stage("oem", &oem_key, opts.rebuild, |out| {
-                oem_stage(r, oem_part, &identity, out)
-            })
+        let u = cache.stage("usr", &usr_key, opts.rebuild, |out| {
+            usr_stage(r, usr_part, &identity, &usr_tree, out)
         });
-        // USR and ROOT share the assembled tree; make it only if one of them is missing.
-        let need_tree = opts.rebuild
-            || !cache.stage_dir("usr", &usr_key).is_dir()
-            || !cache.stage_dir("root", &root_key).is_dir();
-        let tree_start = Instant::now();
-        let (usr_tree, root_tree) = if need_tree {
-            assemble_tree(
-                r,
-                &packages_dir.join("root"),
-                &kst,
-                &opts.agent,
-                work.path(),
-            )?
+        (u, g.join().expect("grub thread"))
+    });
+    let (usr_dir, rep) = usr?;
+    reports.push(rep);
+    let (grub_dir, rep) = grub_imgs?;
+    reports.push(rep);
+
+    let shared = Shared {
+        r,
+        opts,
+        versions: &versions,
+        identity: &identity,
+        kernel_key: &kernel_key,
+        kst: &kst,
+        grub_key: &grub_key,
+        grub_dir: &grub_dir,
+        usr_image: &usr_dir.join("fs.img"),
+        tree_key: &tree_key,
+        usr_tree: &usr_tree,
+        root_tree: &root_tree,
+        agent_hash: &agent_hash,
+    };
+    // Every image in parallel: the board image and each platform's.
+    let results: Vec<Result<(Vec<StageReport>, Vec<PathBuf>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = variants
+            .iter()
+            .zip(&plans)
+            .map(|(v, plan)| {
+                let shared = &shared;
+                let work = work.path();
+                s.spawn(move || build_variant(shared, v, plan, work))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("image thread"))
+            .collect()
+    });
+    let mut image = PathBuf::new();
+    let mut artifacts = Vec::new();
+    for (v, res) in variants.iter().zip(results) {
+        let (reps, files) = res.with_context(|| format!("{} image", v.name))?;
+        reports.extend(reps);
+        if v.platform.is_none() {
+            image = files[0].clone();
         } else {
-            (PathBuf::new(), PathBuf::new())
-        };
-        let tree_report = StageReport {
-            stage: "tree".into(),
-            cached: !need_tree,
-            seconds: tree_start.elapsed().as_secs_f64(),
-            tool_peak_rss_kib: 0,
-        };
-        let (identity, usr_key) = (&identity, &usr_key);
-        let usr = s.spawn(move || {
-            cache.stage("usr", usr_key, opts.rebuild, |out| {
-                usr_stage(r, usr_part, identity, &usr_tree, out)
-            })
-        });
-        let root = cache.stage("root", &root_key, opts.rebuild, |out| {
+            artifacts.extend(files);
+        }
+    }
+    drop(work);
+
+    Ok(BuildOutput {
+        image_size: std::fs::metadata(&image)?.len(),
+        image,
+        artifacts,
+        kernel_version: kver,
+        stages: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn root_key(tree_key: &str, size: u64, versions: &ToolVersions) -> String {
+    Key::new("root")
+        .add("tree", tree_key)
+        .add("size", size.to_string())
+        .add("tools", &versions.e2fsprogs)
+        .finish()
+}
+
+/// One image: its OEM partition, initramfs, ROOT of its size, ESP, the disk, and for a
+/// platform the artifact in its format with its sidecars and digests.
+fn build_variant(
+    sh: &Shared,
+    v: &Variant,
+    plan: &kiln_disk::DiskPlan,
+    work: &Path,
+) -> Result<(Vec<StageReport>, Vec<PathBuf>)> {
+    let (r, opts, cache) = (sh.r, sh.opts, &sh.opts.cache);
+    let epoch = r.source_date_epoch;
+    let mut reports = Vec::new();
+    let tag = |stage: &str| {
+        if v.platform.is_some() {
+            format!("{stage}:{}", v.name)
+        } else {
+            stage.to_string()
+        }
+    };
+    let oem_part = v.layout.by_content(Content::Oem).expect("layout checked");
+    let root_part = v.layout.by_content(Content::Root).expect("layout checked");
+    let usr_part = v.layout.slot(SlotName::A).expect("layout checked");
+    let esp_part = v.layout.by_content(Content::Esp).expect("layout checked");
+    let oem_spec = format!("PARTLABEL={}", oem_part.label);
+
+    let oem_key = Key::new("oem")
+        .add("identity", &v.identity)
+        .add("oem", v.oem_id)
+        .add("tree", kiln_recipe::tree::hash_tree(v.oem_tree)?)
+        .add("size", oem_part.size.0.to_string())
+        .add("tools", &sh.versions.e2fsprogs)
+        .finish();
+    let (oem_dir, rep) = cache.stage(&tag("oem"), &oem_key, opts.rebuild, |out| {
+        oem_stage(v, oem_part, epoch, out)
+    })?;
+    reports.push(rep);
+
+    // First mention wins: the order is the load order of unrelated drivers.
+    let mut modules: Vec<String> = Vec::new();
+    for m in v.modules {
+        if !modules.contains(m) {
+            modules.push(m.clone());
+        }
+    }
+    let initramfs_key = Key::new("initramfs")
+        .add("kernel", sh.kernel_key)
+        .add("agent", sh.agent_hash)
+        .add("modules", modules.join(" "))
+        .add("usr-fs", r.usr_filesystem.as_str())
+        .add("oem", &oem_spec)
+        .add("init", initramfs::INIT_SCRIPT)
+        .add("epoch", epoch.to_string())
+        .finish();
+    let (initrd_dir, rep) =
+        cache.stage(&tag("initramfs"), &initramfs_key, opts.rebuild, |out| {
+            initramfs::build(
+                &initramfs::Inputs {
+                    kernel: &sh.kst.tree(),
+                    busybox: &sh.kst.dir.join("busybox"),
+                    agent: &opts.agent,
+                    modules: &modules,
+                    usr_fstype: r.usr_filesystem.as_str(),
+                    oem_spec: &oem_spec,
+                    epoch,
+                },
+                &out.join("initrd.img"),
+            )
+            .map(|_| ())
+        })?;
+    reports.push(rep);
+
+    let (root_dir, rep) = cache.stage(
+        &tag("root"),
+        &root_key(sh.tree_key, root_part.size.0, sh.versions),
+        opts.rebuild,
+        |out| {
             Ext4 {
                 label: &root_part.label,
-                uuid: ids::derive(identity, "root-fs"),
-                hash_seed: ids::derive(identity, "root-hash-seed"),
+                uuid: ids::derive(sh.identity, "root-fs"),
+                hash_seed: ids::derive(sh.identity, "root-hash-seed"),
                 epoch,
                 size: root_part.size.0,
                 what: &root_part.label,
                 origin: "the image's state tree (/etc, /var, /home, ...)",
             }
-            .build(&root_tree, &out.join("fs.img"))
-        });
-        Ok((
-            tree_report,
-            initrd.join().expect("initramfs thread"),
-            grub_imgs.join().expect("grub thread"),
-            oem.join().expect("oem thread"),
-            usr.join().expect("usr thread"),
-            root,
-        ))
-    })?;
-    let (tree_report, initrd, grub_imgs, oem, usr, root) = results;
-    reports.push(tree_report);
-    let (initrd_dir, rep) = initrd?;
+            .build(sh.root_tree, &out.join("fs.img"))
+        },
+    )?;
     reports.push(rep);
-    let (grub_dir, rep) = grub_imgs?;
-    reports.push(rep);
-    let (oem_dir, rep) = oem?;
-    reports.push(rep);
-    let (usr_dir, rep) = usr?;
-    reports.push(rep);
-    let (root_dir, rep) = root?;
-    reports.push(rep);
+    let _ = sh.usr_tree;
 
     // The ESP: GRUB for UEFI, grub.cfg, slot A's kernel and initramfs.
-    let cmdline = kernel_cmdline(r);
+    let cmdline = kernel_cmdline(v);
     let esp_key = Key::new("esp")
-        .add("kernel", &kernel_key)
+        .add("kernel", sh.kernel_key)
         .add("initramfs", &initramfs_key)
-        .add("grub", &grub_key)
+        .add("grub", sh.grub_key)
         .add("cmdline", &cmdline)
-        .add("identity", &identity)
-        .add("tools", &versions.vfat)
+        .add("identity", &v.identity)
+        .add("size", esp_part.size.0.to_string())
+        .add("tools", &sh.versions.vfat)
         .finish();
-    let (esp_dir, rep) = cache.stage("esp", &esp_key, opts.rebuild, |out| {
+    let (esp_dir, rep) = cache.stage(&tag("esp"), &esp_key, opts.rebuild, |out| {
         let cfg = grub::config(
             &[grub::MenuEntry {
                 id: "usr-a".into(),
@@ -347,15 +499,15 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         std::fs::write(out.join("grub.cfg"), cfg)?;
         let mut files = vec![
             ("/grub/grub.cfg".to_string(), out.join("grub.cfg")),
-            ("/kiln/vmlinuz-a".to_string(), kst.dir.join("vmlinuz")),
+            ("/kiln/vmlinuz-a".to_string(), sh.kst.dir.join("vmlinuz")),
             ("/kiln/initrd-a".to_string(), initrd_dir.join("initrd.img")),
         ];
         if let (true, Some(bin)) = (r.has_firmware(Firmware::Uefi), &r.board.grub.efi_binary) {
-            files.push((format!("/EFI/BOOT/{bin}"), grub_dir.join("grub.efi")));
+            files.push((format!("/EFI/BOOT/{bin}"), sh.grub_dir.join("grub.efi")));
         }
         Vfat {
             label: &esp_part.label,
-            serial: ids::derive_serial(&identity, "esp-serial"),
+            serial: ids::derive_serial(&v.identity, "esp-serial"),
             epoch,
             size: esp_part.size.0,
             what: &esp_part.label,
@@ -364,77 +516,89 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     })?;
     reports.push(rep);
 
-    // The disk: GPT, boot code, partitions at their offsets. Written under a temporary name
-    // and renamed, so the output directory never holds a half-written image.
+    // The disk: GPT, boot code, partitions at their offsets.
     let disk_start = Instant::now();
-    std::fs::create_dir_all(&opts.output_dir).with_context(|| {
-        format!(
-            "cannot create output directory {}",
-            opts.output_dir.display()
-        )
-    })?;
-    let image = opts.output_dir.join(format!("{}_image.bin", r.name));
+    let vwork = work.join(format!("image-{}", v.name));
+    std::fs::create_dir_all(&vwork)?;
     let mut contents: Vec<(u32, PathBuf)> = vec![
         (esp_part.number, esp_dir.join("fs.img")),
-        (usr_part.number, usr_dir.join("fs.img")),
+        (usr_part.number, sh.usr_image.to_path_buf()),
         (root_part.number, root_dir.join("fs.img")),
         (oem_part.number, oem_dir.join("fs.img")),
     ];
     let mut boot_code = None;
     if r.has_firmware(Firmware::Bios) {
-        let bb = r
+        let bb = v
             .layout
             .by_content(Content::BiosBoot)
             .expect("checked for bios");
         let pp = plan.partition(bb.number).expect("planned");
         let lba = pp.offset_bytes / 512;
         let core = grub::patch_core(
-            std::fs::read(grub_dir.join("core.img"))?,
+            std::fs::read(sh.grub_dir.join("core.img"))?,
             lba,
             pp.size_bytes,
         )?;
-        let core_path = work.path().join("core.img");
+        let core_path = vwork.join("core.img");
         std::fs::write(&core_path, core)?;
         contents.push((bb.number, core_path));
         boot_code = Some(grub::bios_boot_code(lba)?);
     }
-    let image_size = write_disk(&plan, &contents, boot_code.as_deref(), &image)?;
-    drop(work);
+    std::fs::create_dir_all(&opts.output_dir).with_context(|| {
+        format!(
+            "cannot create output directory {}",
+            opts.output_dir.display()
+        )
+    })?;
+    let files = match v.platform {
+        None => {
+            let image = opts.output_dir.join(format!("{}_image.bin", r.name));
+            write_disk(plan, &contents, boot_code.as_deref(), &image)?;
+            vec![image]
+        }
+        Some(p) => {
+            let raw = vwork.join("disk.raw");
+            write_disk(plan, &contents, boot_code.as_deref(), &raw)?;
+            let files = crate::artifact::produce(
+                r,
+                p,
+                &raw,
+                &opts.output_dir,
+                opts.keep_raw,
+                &cache.root.join("xz-chunks"),
+            )?;
+            std::fs::remove_file(&raw)?;
+            files
+        }
+    };
     reports.push(StageReport {
-        stage: "disk".into(),
+        stage: tag("disk"),
         cached: false,
         seconds: disk_start.elapsed().as_secs_f64(),
         tool_peak_rss_kib: 0,
     });
-
-    Ok(BuildOutput {
-        image,
-        image_size,
-        kernel_version: kver,
-        stages: reports,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok((reports, files))
 }
 
-fn kernel_cmdline(r: &Resolved) -> String {
-    let usr = r
+fn kernel_cmdline(v: &Variant) -> String {
+    let usr = v
         .layout
         .slot(SlotName::A)
         .and_then(|p| p.uuid)
         .expect("checked");
-    let root = r.layout.by_content(Content::Root).expect("checked");
+    let root = v.layout.by_content(Content::Root).expect("checked");
     let mut args = vec![
         format!("mount.usr=PARTUUID={usr}"),
         "mount.usrflags=ro".to_string(),
         format!("root=LABEL={}", root.label),
     ];
-    args.extend(r.kernel.cmdline.iter().cloned());
-    args.push(format!("kiln.oem.id={}", r.oem.id));
+    args.extend(v.cmdline.iter().cloned());
+    args.push(format!("kiln.oem.id={}", v.oem_id));
     args.join(" ")
 }
 
-fn plan_disk(r: &Resolved, identity: &str) -> Result<kiln_disk::DiskPlan> {
-    let specs = r
+fn plan_disk(v: &Variant, r: &Resolved) -> Result<kiln_disk::DiskPlan> {
+    let specs = v
         .layout
         .partitions
         .iter()
@@ -445,15 +609,20 @@ fn plan_disk(r: &Resolved, identity: &str) -> Result<kiln_disk::DiskPlan> {
                 type_guid: p.type_guid,
                 part_guid: p
                     .uuid
-                    .unwrap_or_else(|| ids::derive(identity, &format!("part-{}", p.label))),
+                    .unwrap_or_else(|| ids::derive(&v.identity, &format!("part-{}", p.label))),
                 size_bytes: p.size.0,
                 attributes: Attributes::slot(p.priority, p.tries, p.successful)
                     .map_err(|e| anyhow::anyhow!("partition {}: {e}", p.label))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut plan = kiln_disk::plan(&specs, r.layout.alignment)?;
-    plan.gpt.disk_guid = ids::derive(identity, "disk");
+    let mut plan = kiln_disk::plan(&specs, v.layout.alignment)?;
+    plan.gpt.disk_guid = ids::derive(&v.identity, "disk");
+    if let Some(p) = v.platform {
+        let size = crate::artifact::disk_size(r, p, plan.disk_size_bytes)?;
+        plan.disk_size_bytes = size;
+        plan.gpt.disk_sectors = size / 512;
+    }
     Ok(plan)
 }
 
@@ -548,25 +717,25 @@ fn grub_stage(r: &Resolved, esp_number: u32, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn oem_stage(r: &Resolved, part: &Partition, identity: &str, out: &Path) -> Result<()> {
+fn oem_stage(v: &Variant, part: &Partition, epoch: i64, out: &Path) -> Result<()> {
     let tree = out.join("tree");
     std::fs::create_dir_all(&tree)?;
-    st::apply_overlay(&r.oem.tree, &tree)?;
+    st::apply_overlay(v.oem_tree, &tree)?;
     st::write_file_in(
         &tree,
         Path::new("oem-release"),
-        format!("ID={}\n", r.oem.id).as_bytes(),
+        format!("ID={}\n", v.oem_id).as_bytes(),
         0o644,
     )?;
-    st::normalize_times(&tree, r.source_date_epoch)?;
+    st::normalize_times(&tree, epoch)?;
     Ext4 {
         label: &part.label,
-        uuid: ids::derive(identity, "oem-fs"),
-        hash_seed: ids::derive(identity, "oem-hash-seed"),
-        epoch: r.source_date_epoch,
+        uuid: ids::derive(&v.identity, "oem-fs"),
+        hash_seed: ids::derive(&v.identity, "oem-hash-seed"),
+        epoch,
         size: part.size.0,
         what: &part.label,
-        origin: &format!("the OEM tree {}", r.oem.tree.display()),
+        origin: &format!("the OEM tree {}", v.oem_tree.display()),
     }
     .build(&tree, &out.join("fs.img"))?;
     std::fs::remove_dir_all(&tree)?;

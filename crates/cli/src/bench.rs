@@ -48,6 +48,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             output_dir: tmp.join(out),
             agent: agent.clone(),
             rebuild: false,
+            keep_raw: false,
         })
     };
     eprintln!("kiln bench: {} in {}", recipe.display(), tmp.display());

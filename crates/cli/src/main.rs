@@ -56,6 +56,12 @@ enum Cmd {
         /// Print the build result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Also keep each platform's raw disk as <recipe>_<platform>_image.raw (for checks).
+        #[arg(long)]
+        keep_raw: bool,
+        /// Platforms to build: comma-separated names, or `all` [default: the recipe's list]
+        #[arg(long, value_name = "NAMES")]
+        platform: Option<kiln_recipe::PlatformSelection>,
         #[command(flatten)]
         recipe_args: RecipeArgs,
     },
@@ -118,10 +124,12 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             agent,
             rebuild,
             json,
+            keep_raw,
+            platform,
             recipe_args,
         } => {
             let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
-            let resolved = load(&recipe, &recipe_args)?;
+            let resolved = load_with(&recipe, &recipe_args, platform)?;
             let agent = find_agent(agent)?;
             let cache = kiln_build::CacheDirs::new(
                 cache_dir.unwrap_or_else(kiln_build::CacheDirs::default_root),
@@ -133,6 +141,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     output_dir: output,
                     agent,
                     rebuild,
+                    keep_raw,
                 },
             )?;
             if json {
@@ -152,6 +161,9 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     );
                 }
                 println!("{}", out.image.display());
+                for a in &out.artifacts {
+                    println!("{}", a.display());
+                }
                 eprintln!(
                     "built {} ({} MiB, kernel {}) in {:.1} s",
                     out.image.display(),
@@ -167,8 +179,9 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             recipe_args,
         } => {
             let r = load(&recipe, &recipe_args)?;
+            let platforms: Vec<&str> = r.platforms.iter().map(|p| p.name.as_str()).collect();
             println!(
-                "{}: ok — board {}, layout {} ({}), {} partitions, {} overlay(s), OEM {}, kernel {}",
+                "{}: ok — board {}, layout {} ({}), {} partitions, {} overlay(s), OEM {}, kernel {}, platforms: {}",
                 recipe.display(),
                 r.board.name,
                 r.layout.name,
@@ -176,7 +189,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 r.layout.partitions.len(),
                 r.overlays.len(),
                 r.oem.id,
-                r.kernel.package
+                r.kernel.package,
+                if platforms.is_empty() { "none".to_string() } else { platforms.join(", ") }
             );
             Ok(0)
         }
@@ -187,6 +201,14 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
 }
 
 fn load(recipe: &Path, a: &RecipeArgs) -> Result<kiln_recipe::Resolved> {
+    load_with(recipe, a, None)
+}
+
+fn load_with(
+    recipe: &Path,
+    a: &RecipeArgs,
+    platforms: Option<kiln_recipe::PlatformSelection>,
+) -> Result<kiln_recipe::Resolved> {
     if !recipe.exists() {
         anyhow::bail!("recipe {} does not exist", recipe.display());
     }
@@ -194,6 +216,7 @@ fn load(recipe: &Path, a: &RecipeArgs) -> Result<kiln_recipe::Resolved> {
         recipe,
         &kiln_recipe::LoadOptions {
             board_dir: a.board_dir.clone(),
+            platforms,
         },
     )
 }

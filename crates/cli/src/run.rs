@@ -78,6 +78,8 @@ pub fn run(a: RunArgs) -> Result<i32> {
             interface: a.disk.unwrap_or_else(|| board.qemu.disk.clone()),
         }],
         qemu: board.qemu,
+        machine: None,
+        nic: "virtio-net-pci".into(),
         firmware: a.firmware,
         accel: a.accel,
         snapshot: a.snapshot,

@@ -20,6 +20,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-img", "qemu-utils"),
+    ("pigz", "pigz"),
+    ("tar", "tar"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
 ];
 

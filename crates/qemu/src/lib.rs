@@ -49,6 +49,10 @@ pub struct Disk {
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub qemu: QemuDef,
+    /// Overrides the board's machine (pc for IDE, for instance).
+    pub machine: Option<String>,
+    /// NIC device model.
+    pub nic: String,
     pub firmware: Firmware,
     pub accel: Accel,
     pub disks: Vec<Disk>,
@@ -148,7 +152,8 @@ impl Vm {
         let accel = self.accel_name();
         tracing::info!("booting with {accel}");
         let mut c = Command::new(&self.qemu.binary);
-        c.args(["-machine", &format!("{},accel={accel}", self.qemu.machine)]);
+        let machine = self.machine.as_deref().unwrap_or(&self.qemu.machine);
+        c.args(["-machine", &format!("{machine},accel={accel}")]);
         c.args(["-m", &self.qemu.memory_mib.to_string()]);
         if let Some(cpu) = &self.qemu.cpu {
             c.args(["-cpu", if accel == "kvm" { "host" } else { cpu }]);
@@ -183,28 +188,34 @@ impl Vm {
                 &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
         }
-        let mut scsi = false;
+        let mut controllers: Vec<&str> = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
             if !d.path.exists() {
                 bail!("disk image {} does not exist", d.path.display());
             }
+            let path = d.path.display().to_string();
+            if path.contains(',') {
+                bail!("disk image path {path} contains a comma, which QEMU cannot take");
+            }
             c.args([
                 "-drive",
-                &format!(
-                    "file={},format={},if=none,id=d{i}",
-                    d.path.display(),
-                    d.format
-                ),
+                &format!("file={path},format={},if=none,id=d{i}", d.format),
             ]);
-            let dev = match d.interface.as_str() {
-                "scsi-hd" => {
-                    if !scsi {
-                        c.args(["-device", "virtio-scsi-pci,id=scsi0"]);
-                        scsi = true;
-                    }
-                    format!("scsi-hd,drive=d{i},bus=scsi0.0")
+            // SCSI disks need their host adapter: virtio-scsi, VMware's pvscsi, LSI.
+            let mut scsi_on = |ctl: &'static str, c: &mut Command| {
+                if !controllers.contains(&ctl) {
+                    c.args(["-device", &format!("{ctl},id={}", ctl.replace('-', "_"))]);
+                    controllers.push(ctl);
                 }
+                format!("scsi-hd,drive=d{i},bus={}.0", ctl.replace('-', "_"))
+            };
+            let dev = match d.interface.as_str() {
+                "scsi-hd" | "virtio-scsi" => scsi_on("virtio-scsi-pci", &mut c),
+                "pvscsi" => scsi_on("pvscsi", &mut c),
+                "lsi" | "lsilogic" => scsi_on("lsi53c895a", &mut c),
                 "nvme" => format!("nvme,drive=d{i},serial=kiln{i}"),
+                // On q35 the IDE buses are the ICH9 AHCI ports; on pc, PIIX IDE.
+                "ide-hd" => format!("ide-hd,drive=d{i},bus=ide.{i}"),
                 other => format!("{other},drive=d{i}"),
             };
             c.args(["-device", &dev]);
@@ -213,7 +224,7 @@ impl Vm {
             "-netdev",
             "user,id=n0",
             "-device",
-            "virtio-net-pci,netdev=n0",
+            &format!("{},netdev=n0", self.nic),
         ]);
         Ok(c)
     }

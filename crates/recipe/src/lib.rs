@@ -5,6 +5,7 @@
 
 pub mod board;
 pub mod layout;
+pub mod platform;
 pub mod recipe;
 pub mod source;
 pub mod tree;
@@ -33,6 +34,41 @@ pub const BOARD_DIR_NAME: &str = "board-profiles";
 pub struct LoadOptions {
     /// Board profiles directory; default: the nearest `board-profiles/` above the recipe.
     pub board_dir: Option<PathBuf>,
+    /// Platforms to resolve instead of the recipe's list.
+    pub platforms: Option<PlatformSelection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlatformSelection {
+    /// Every platform file of the board profiles directory.
+    All,
+    Names(Vec<String>),
+}
+
+impl std::str::FromStr for PlatformSelection {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "all" {
+            return Ok(PlatformSelection::All);
+        }
+        let names: Vec<String> = s
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Err("name at least one platform, or `all`".into());
+        }
+        Ok(PlatformSelection::Names(names))
+    }
+}
+
+/// Platform files live here, relative to the board profiles directory.
+pub const PLATFORM_DIR_NAME: &str = "platforms";
+
+/// The known platform names, for error messages and `--platform all`.
+pub fn known_platforms(board_dir: &Path) -> Vec<String> {
+    known_boards(&board_dir.join(PLATFORM_DIR_NAME))
 }
 
 /// A recipe with its board, layout and trees resolved and checked.
@@ -56,6 +92,10 @@ pub struct Resolved {
     pub source_date_epoch: i64,
     /// Content hashes of overlays and the OEM tree, in order.
     pub tree_hashes: Vec<String>,
+    /// The platforms to build: the recipe's, or the caller's selection. Not part of the
+    /// recipe's identity (selecting platforms must not change the board image).
+    #[serde(skip)]
+    pub platforms: Vec<platform::Platform>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +145,15 @@ impl Resolved {
     pub fn identity(&self) -> String {
         let json = serde_json::to_vec(self).expect("model serializes");
         hex::encode(Sha256::digest(json))
+    }
+
+    /// The identity of one platform's image: the recipe's plus the platform's definition.
+    pub fn platform_identity(&self, p: &platform::Platform) -> String {
+        let json = serde_json::to_vec(p).expect("platform serializes");
+        let mut h = Sha256::new();
+        h.update(self.identity());
+        h.update(json);
+        hex::encode(h.finalize())
     }
 
     pub fn has_firmware(&self, f: Firmware) -> bool {
@@ -391,7 +440,45 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         bail!("source-date-epoch {source_date_epoch} is out of range: use {DEFAULT_EPOCH} (1980-01-01, FAT's first day) to {}", u32::MAX);
     }
 
+    // Platforms: the recipe's list (each must exist), or the caller's selection.
+    let known = known_platforms(&board_dir);
+    for p in &r.platforms {
+        if !known.contains(p.get_ref()) {
+            return Err(recipe_src.error_at(&p.span(), unknown_platform(p.get_ref(), &known)));
+        }
+    }
+    let names: Vec<String> = match &opts.platforms {
+        None => r.platforms.iter().map(|p| p.get_ref().clone()).collect(),
+        Some(PlatformSelection::All) => known.clone(),
+        Some(PlatformSelection::Names(n)) => {
+            for name in n {
+                if !known.contains(name) {
+                    bail!("{}", unknown_platform(name, &known));
+                }
+            }
+            n.clone()
+        }
+    };
+    let mut platforms = Vec::new();
+    for name in names {
+        if platforms
+            .iter()
+            .any(|p: &platform::Platform| p.name == name)
+        {
+            continue;
+        }
+        platforms.push(load_platform(
+            &board_dir,
+            &name,
+            &layout_path,
+            &firmware,
+            &cmdline,
+            &initramfs_modules,
+        )?);
+    }
+
     Ok(Resolved {
+        platforms,
         name,
         recipe_path: recipe_path.to_path_buf(),
         board_dir,
@@ -431,6 +518,106 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         },
         source_date_epoch,
         tree_hashes,
+    })
+}
+
+fn unknown_platform(name: &str, known: &[String]) -> String {
+    format!(
+        "unknown platform `{name}`; known platforms: {}",
+        if known.is_empty() {
+            "(none)".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+fn load_platform(
+    board_dir: &Path,
+    name: &str,
+    layout_path: &Path,
+    board_firmware: &[Firmware],
+    cmdline: &[String],
+    modules: &[String],
+) -> Result<platform::Platform> {
+    let path = board_dir
+        .join(PLATFORM_DIR_NAME)
+        .join(format!("{name}.toml"));
+    let src = SourceFile::read(&path)?;
+    let f: platform::PlatformFile = src.parse()?;
+    if f.name.get_ref() != name {
+        return Err(src.error_at(
+            &f.name.span(),
+            format!(
+                "platform name `{}` does not match its file name `{name}.toml`",
+                f.name.get_ref()
+            ),
+        ));
+    }
+    check_name(f.oem_id.get_ref()).map_err(|m| src.error_at(&f.oem_id.span(), m))?;
+    let tree = board_dir.join(f.oem_tree.get_ref());
+    if !tree.is_dir() {
+        return Err(src.error_at(
+            &f.oem_tree.span(),
+            format!("OEM tree {} does not exist", tree.display()),
+        ));
+    }
+    tree::check_symlinks_inside(&tree).map_err(|e| src.error_at(&f.oem_tree.span(), e))?;
+    let layout = load_layout(layout_path, &f.layout_variant, &src)?;
+    check_layout_for_firmware(&layout, &[f.boot.firmware], layout_path)?;
+    if !board_firmware.contains(&f.boot.firmware) {
+        bail!(
+            "{}: boot.firmware {} is not one the board supports",
+            path.display(),
+            f.boot.firmware.as_str()
+        );
+    }
+    let mut all_cmdline = cmdline.to_vec();
+    for arg in &f.cmdline {
+        if arg.is_empty()
+            || arg
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "'\"\\;".contains(c))
+        {
+            bail!("{}: kernel argument {arg:?} must be one argument without spaces, quotes, backslashes or semicolons", path.display());
+        }
+        all_cmdline.push(arg.clone());
+    }
+    let mut all_modules = modules.to_vec();
+    all_modules.extend(f.initramfs_modules.iter().cloned());
+    let a = &f.artifact;
+    if let (Some(size), Some(mult)) = (&a.disk_size, a.size_multiple) {
+        if mult.0 == 0 || size.get_ref().0 % mult.0 != 0 {
+            return Err(src.error_at(
+                &size.span(),
+                format!(
+                    "disk-size {} is not a multiple of size-multiple {}",
+                    size.get_ref(),
+                    mult
+                ),
+            ));
+        }
+    }
+    if a.extension.is_empty() || a.extension.starts_with('.') || a.extension.contains('/') {
+        bail!(
+            "{}: artifact.extension `{}` must be like \"qcow2\" or \"tar.gz\"",
+            path.display(),
+            a.extension
+        );
+    }
+    Ok(platform::Platform {
+        name: name.to_string(),
+        description: f.description.clone().unwrap_or_default(),
+        oem_tree_hash: tree::hash_tree(&tree)?,
+        oem: Oem {
+            id: f.oem_id.get_ref().clone(),
+            tree,
+        },
+        layout,
+        cmdline: all_cmdline,
+        initramfs_modules: all_modules,
+        artifact: f.artifact.clone(),
+        boot: f.boot.clone(),
     })
 }
 

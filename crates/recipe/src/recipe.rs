@@ -18,6 +18,9 @@ pub struct RecipeFile {
     /// SOURCE_DATE_EPOCH environment variable).
     pub source_date_epoch: Option<i64>,
     pub os: OsDef,
+    /// Platforms built by default (files in `<board-profiles>/platforms/`).
+    #[serde(default)]
+    pub platforms: Vec<Spanned<String>>,
     pub packages: PackagesDef,
     #[serde(default)]
     pub rootfs: RootfsDef,

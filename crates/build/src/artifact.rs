@@ -1,0 +1,185 @@
+//! A platform's artifact: its raw disk in the platform's format and packing, the sidecar
+//! files it ships with, and a DIGESTS file over all of them. Names are
+//! `<recipe>_<platform>_image.<ext>` for the disk and `<recipe>_<platform>.*` for the rest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kiln_formats as fmt;
+use kiln_recipe::platform::{DiskFormatName, Packing, Platform, Sidecar};
+use kiln_recipe::{Firmware, Resolved};
+
+fn disk_format(p: &Platform) -> fmt::DiskFormat {
+    let a = &p.artifact;
+    match a.format {
+        DiskFormatName::Raw => fmt::DiskFormat::Raw,
+        DiskFormatName::Qcow2 => fmt::DiskFormat::Qcow2 {
+            compat: a.compat.clone().unwrap_or_else(|| "1.1".into()),
+        },
+        DiskFormatName::Vmdk => fmt::DiskFormat::Vmdk {
+            subformat: a
+                .subformat
+                .clone()
+                .unwrap_or_else(|| "monolithicSparse".into()),
+            adapter: a.adapter.clone().unwrap_or_else(|| "lsilogic".into()),
+        },
+        DiskFormatName::Vhd => fmt::DiskFormat::Vhd {
+            subformat: a.subformat.clone().unwrap_or_else(|| "dynamic".into()),
+        },
+    }
+}
+
+/// The platform's disk size: the layout's, rounded up to `size-multiple`, or the fixed
+/// `disk-size`; checked against what the format and packing allow.
+pub fn disk_size(r: &Resolved, p: &Platform, planned: u64) -> Result<u64> {
+    let a = &p.artifact;
+    let size = match &a.disk_size {
+        Some(fixed) => {
+            let fixed = fixed.get_ref().0;
+            if fixed < planned {
+                bail!(
+                    "platform {}: disk-size {} MiB is smaller than the layout needs ({} MiB)",
+                    p.name,
+                    fixed >> 20,
+                    planned >> 20
+                );
+            }
+            fixed
+        }
+        None => match a.size_multiple {
+            Some(m) if m.0 > 0 => planned.div_ceil(m.0) * m.0,
+            _ => planned,
+        },
+    };
+    if let Some(m) = a.size_multiple {
+        if m.0 == 0 || !size.is_multiple_of(m.0) {
+            bail!(
+                "platform {}: disk size {size} bytes is not a multiple of {}",
+                p.name,
+                m
+            );
+        }
+    }
+    fmt::check_size(&disk_format(p), size)
+        .with_context(|| format!("platform {} of recipe {}", p.name, r.name))?;
+    if a.packing == Packing::GceTar {
+        fmt::check_gce_size(size).with_context(|| format!("platform {}", p.name))?;
+    }
+    Ok(size)
+}
+
+/// Writes the platform's files into `out`; returns their paths.
+pub fn produce(
+    r: &Resolved,
+    p: &Platform,
+    raw: &Path,
+    out: &Path,
+    keep_raw: bool,
+    xz_chunks: &Path,
+) -> Result<Vec<PathBuf>> {
+    let a = &p.artifact;
+    let epoch = r.source_date_epoch;
+    let stem = format!("{}_{}", r.name, p.name);
+    let disk_name = format!("{stem}_image.{}", a.extension);
+    let disk = out.join(&disk_name);
+    let size = std::fs::metadata(raw)?.len();
+    let uefi = p.boot.firmware == Firmware::Uefi;
+    match a.packing {
+        Packing::None => fmt::convert(raw, &disk_format(p), &disk)?,
+        Packing::Xz => {
+            if a.format != DiskFormatName::Raw {
+                bail!("platform {}: xz packing is for raw disks", p.name);
+            }
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1);
+            fmt::xz_compress(raw, &disk, threads, a.xz_level, Some(xz_chunks))?;
+        }
+        Packing::GceTar => {
+            if a.format != DiskFormatName::Raw {
+                bail!("platform {}: gce-tar packing is for raw disks", p.name);
+            }
+            fmt::gce_tarball(raw, &disk, epoch)?;
+        }
+    }
+    let mut files = vec![disk.clone()];
+    for sc in &a.sidecars {
+        let f = match sc {
+            Sidecar::LaunchScript => {
+                let path = out.join(format!("{stem}.sh"));
+                let text = fmt::qemu_launch_script(&fmt::LaunchScriptInfo {
+                    image_file_name: disk_name.clone(),
+                    memory_mib: a.memory_mib,
+                    firmware_efi: uefi,
+                    ovmf_code: r.board.qemu.ovmf_code.clone(),
+                    ovmf_vars: r.board.qemu.ovmf_vars.clone(),
+                    ssh_port: 2222,
+                });
+                fmt::write_file_atomic(&path, text.as_bytes(), 0o755)?;
+                path
+            }
+            Sidecar::Vmx => {
+                let path = out.join(format!("{stem}_image.vmx"));
+                let text = fmt::vmx(&fmt::VmxInfo {
+                    name: stem.clone(),
+                    disk_file_name: disk_name.clone(),
+                    memory_mib: a.memory_mib,
+                    cpus: a.cpus,
+                    scsi: a.scsi.clone().unwrap_or_else(|| "lsilogic".into()),
+                    nic: a.nic.clone().unwrap_or_else(|| "vmxnet3".into()),
+                    firmware_efi: uefi,
+                    guest_os: "other5xlinux-64".into(),
+                });
+                fmt::write_file_atomic(&path, text.as_bytes(), 0o644)?;
+                path
+            }
+            Sidecar::Ova => {
+                let path = out.join(format!("{stem}.ova"));
+                let scsi = match a.scsi.as_deref() {
+                    Some("pvscsi") => "VirtualSCSI",
+                    _ => "lsilogic",
+                };
+                fmt::ova(
+                    raw,
+                    &fmt::OvfInfo {
+                        name: stem.clone(),
+                        capacity_bytes: size,
+                        memory_mib: a.memory_mib,
+                        cpus: a.cpus,
+                        os_type: "otherLinux64Guest".into(),
+                        firmware_efi: uefi,
+                        nic: "VmxNet3".into(),
+                        scsi: scsi.into(),
+                    },
+                    &path,
+                    epoch,
+                )?;
+                path
+            }
+            Sidecar::Ec2Json => {
+                let path = out.join(format!("{stem}_image.json"));
+                let v = fmt::ec2_register_json(&stem, &r.os.version, &disk_name, size, uefi);
+                fmt::write_json(&v, &path)?;
+                path
+            }
+            Sidecar::OpenstackJson => {
+                let path = out.join(format!("{stem}_image.json"));
+                let v = fmt::openstack_properties_json(&stem, &r.os.id, &r.os.version, size, uefi);
+                fmt::write_json(&v, &path)?;
+                path
+            }
+        };
+        files.push(f);
+    }
+    let digests = out.join(format!("{stem}.DIGESTS"));
+    let refs: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    fmt::digests(&refs, &digests)?;
+    files.push(digests);
+    if keep_raw {
+        // For checks against the artifacts (qemu-img compare): not a release file.
+        let kept = out.join(format!("{stem}_image.raw"));
+        fmt::convert(raw, &fmt::DiskFormat::Raw, &kept)?;
+        files.push(kept);
+    }
+    Ok(files)
+}

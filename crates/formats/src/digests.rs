@@ -1,0 +1,154 @@
+//! DIGESTS files in the CoreOS style, checkable with sha256sum -c and sha512sum -c.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::util::{parent_dir, write_file_atomic, MIB};
+
+/// SHA-256 and SHA-512 of a file (lower-case hex), both from one read in 1 MiB chunks.
+pub fn hash_file(path: &Path) -> Result<(String, String)> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut s256 = Sha256::new();
+    let mut s512 = Sha512::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        s256.update(&buf[..n]);
+        s512.update(&buf[..n]);
+    }
+    Ok((hex::encode(s256.finalize()), hex::encode(s512.finalize())))
+}
+
+/// Writes the DIGESTS file `dest` for `files`, which must be in the same directory as
+/// `dest` (lines name them by file name). For each file:
+///
+/// ```text
+/// # SHA256 HASH
+/// <sha256 hex>  <file name>
+/// # SHA512 HASH
+/// <sha512 hex>  <file name>
+/// ```
+///
+/// The `<hex>  <name>` lines under each kind of header verify with `sha256sum -c` and
+/// `sha512sum -c` run in that directory.
+pub fn digests(files: &[&Path], dest: &Path) -> Result<()> {
+    let dir = parent_dir(dest)
+        .canonicalize()
+        .with_context(|| format!("cannot resolve the directory of {}", dest.display()))?;
+    let mut out = String::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no UTF-8 file name", file.display()))?;
+        if name.contains(['\n', '\r', '\\']) {
+            bail!("file name {name:?} cannot be written to a DIGESTS file");
+        }
+        let file_dir = parent_dir(file)
+            .canonicalize()
+            .with_context(|| format!("cannot resolve the directory of {}", file.display()))?;
+        if file_dir != dir {
+            bail!(
+                "{} is not in {}: a DIGESTS file names files beside it",
+                file.display(),
+                dir.display()
+            );
+        }
+        let (s256, s512) = hash_file(file)?;
+        out.push_str(&format!(
+            "# SHA256 HASH\n{s256}  {name}\n# SHA512 HASH\n{s512}  {name}\n"
+        ));
+    }
+    write_file_atomic(dest, out.as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// The `<hex>  <name>` lines that follow `header` lines.
+    fn section(text: &str, header: &str) -> String {
+        let mut out = String::new();
+        let mut on = false;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                on = line == header;
+            } else if on {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn check(tool: &str, dir: &Path, lines: &str) -> (bool, String) {
+        let mut c = Command::new(tool)
+            .args(["-c", "--strict"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into(),
+        )
+    }
+
+    #[test]
+    fn verifies_with_sha_sum_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("kiln.qcow2");
+        let b = dir.path().join("kiln image.raw.xz");
+        std::fs::write(&a, vec![7u8; 3 * MIB as usize + 5]).unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let dest = dir.path().join("kiln.DIGESTS");
+        digests(&[&a, &b], &dest).unwrap();
+        let text = std::fs::read_to_string(&dest).unwrap();
+        assert_eq!(text.lines().count(), 8);
+        assert!(text.starts_with("# SHA256 HASH\n"));
+        let s256 = section(&text, "# SHA256 HASH");
+        let s512 = section(&text, "# SHA512 HASH");
+        assert_eq!(s256.lines().count(), 2);
+        assert_eq!(s512.lines().count(), 2);
+        assert!(s256.contains(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  kiln image.raw.xz"
+        ));
+        let (ok, out) = check("sha256sum", dir.path(), &s256);
+        assert!(ok, "{out}");
+        let (ok, out) = check("sha512sum", dir.path(), &s512);
+        assert!(ok, "{out}");
+
+        // A changed file fails.
+        std::fs::write(&a, b"changed").unwrap();
+        assert!(!check("sha256sum", dir.path(), &s256).0);
+        assert!(!check("sha512sum", dir.path(), &s512).0);
+    }
+
+    #[test]
+    fn bad_input_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let elsewhere = sub.path().join("x");
+        std::fs::write(&elsewhere, b"x").unwrap();
+        let dest = dir.path().join("DIGESTS");
+        let e = digests(&[&elsewhere], &dest).unwrap_err().to_string();
+        assert!(e.contains("beside"), "{e}");
+        assert!(digests(&[&dir.path().join("missing")], &dest).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,304 @@
+//! Disk image formats that qemu-img writes from a raw disk: qcow2, vmdk, vhd, and sparse raw.
+
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{qemu_path, source_size, Staged, GIB, MIB};
+
+/// The largest virtual size a VHD may have (the VHD format and Azure both stop at 2040 GiB).
+pub const VHD_MAX_BYTES: u64 = 2040 * GIB;
+
+/// A disk image format and its qemu-img options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// Raw bytes, written sparse.
+    Raw,
+    /// qcow2; `compat` is "1.1" (qcow2 v3, the default) or "0.10" (for QEMU older than 1.1).
+    Qcow2 { compat: String },
+    /// VMDK; `subformat` is "monolithicSparse" (beside a .vmx) or "streamOptimized" (inside an
+    /// OVA, for EC2 import); `adapter` is "lsilogic", "ide", "buslogic" or "legacyESX".
+    Vmdk { subformat: String, adapter: String },
+    /// VHD (qemu's "vpc"); `subformat` is "dynamic" (XenServer) or "fixed" (Azure). Written
+    /// with `force_size=on`, so the virtual size is exactly the raw size.
+    Vhd { subformat: String },
+}
+
+impl DiskFormat {
+    /// qcow2 v3 (`compat=1.1`).
+    pub fn qcow2() -> Self {
+        DiskFormat::Qcow2 {
+            compat: "1.1".into(),
+        }
+    }
+
+    /// The format name qemu-img uses (`-O`, and `format` in `qemu-img info`).
+    pub fn qemu_name(&self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 { .. } => "qcow2",
+            DiskFormat::Vmdk { .. } => "vmdk",
+            DiskFormat::Vhd { .. } => "vpc",
+        }
+    }
+
+    /// The `-o` options for qemu-img convert, after checking each value is one kiln knows.
+    fn qemu_options(&self) -> Result<Option<String>> {
+        fn one_of(what: &str, v: &str, allowed: &[&str]) -> Result<()> {
+            if !allowed.contains(&v) {
+                bail!(
+                    "unknown {what} {v:?}: expected one of {}",
+                    allowed.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Ok(match self {
+            DiskFormat::Raw => None,
+            DiskFormat::Qcow2 { compat } => {
+                one_of("qcow2 compat level", compat, &["1.1", "0.10"])?;
+                Some(format!("compat={compat}"))
+            }
+            DiskFormat::Vmdk { subformat, adapter } => {
+                one_of(
+                    "vmdk subformat",
+                    subformat,
+                    &["monolithicSparse", "streamOptimized"],
+                )?;
+                one_of(
+                    "vmdk adapter type",
+                    adapter,
+                    &["lsilogic", "ide", "buslogic", "legacyESX"],
+                )?;
+                Some(format!("subformat={subformat},adapter_type={adapter}"))
+            }
+            DiskFormat::Vhd { subformat } => {
+                one_of("vhd subformat", subformat, &["dynamic", "fixed"])?;
+                Some(format!("subformat={subformat},force_size=on"))
+            }
+        })
+    }
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskFormat::Raw => write!(f, "raw"),
+            DiskFormat::Qcow2 { compat } => write!(f, "qcow2 (compat {compat})"),
+            DiskFormat::Vmdk { subformat, adapter } => write!(f, "vmdk ({subformat}, {adapter})"),
+            DiskFormat::Vhd { subformat } => write!(f, "vhd ({subformat})"),
+        }
+    }
+}
+
+/// Checks that `format` can hold a disk of `size` bytes exactly: VHD needs a whole number of
+/// MiB (Azure's rule) and at most 2040 GiB; every other format a whole number of 512-byte
+/// sectors.
+pub fn check_size(format: &DiskFormat, size: u64) -> Result<()> {
+    let shown = format!("{size} bytes ({})", kiln_fs::mib(size));
+    if size == 0 {
+        bail!("disk size is 0 bytes: a {format} image needs a non-empty disk");
+    }
+    match format {
+        DiskFormat::Vhd { .. } => {
+            if !size.is_multiple_of(MIB) {
+                bail!(
+                    "disk size {shown} is not a multiple of 1 MiB (1048576 bytes): a VHD's \
+                     virtual size must be a whole number of MiB (Azure's rule)"
+                );
+            }
+            if size > VHD_MAX_BYTES {
+                bail!(
+                    "disk size {shown} is more than 2040 GiB ({VHD_MAX_BYTES} bytes), the \
+                     largest virtual size a VHD can have"
+                );
+            }
+        }
+        _ => {
+            if !size.is_multiple_of(512) {
+                bail!(
+                    "disk size {shown} is not a multiple of 512 bytes: a {format} image holds \
+                     whole 512-byte sectors"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts the raw disk `raw` to `format` at `dest` with `qemu-img convert` (a raw result
+/// is written sparse). The size is checked first with [`check_size`].
+pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path) -> Result<()> {
+    let size = source_size(raw)?;
+    check_size(format, size)
+        .with_context(|| format!("cannot write {} as {format}", raw.display()))?;
+    let options = format.qemu_options()?;
+    let qemu_img = kiln_fs::tools::require("qemu-img")?;
+    let staged = Staged::new(dest)?;
+    let mut cmd = Command::new(qemu_img);
+    cmd.args(["convert", "-q", "-f", "raw", "-O", format.qemu_name()]);
+    if let Some(o) = &options {
+        cmd.args(["-o", o]);
+    }
+    cmd.arg(qemu_path(raw)).arg(qemu_path(staged.path()));
+    kiln_fs::cmd::run(&mut cmd).with_context(|| {
+        format!(
+            "cannot convert {} to {format} at {}",
+            raw.display(),
+            dest.display()
+        )
+    })?;
+    staged.commit(0o644)?;
+    tracing::debug!("wrote {} ({format})", dest.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn vmdk(sub: &str) -> DiskFormat {
+        DiskFormat::Vmdk {
+            subformat: sub.into(),
+            adapter: "lsilogic".into(),
+        }
+    }
+
+    fn vhd(sub: &str) -> DiskFormat {
+        DiskFormat::Vhd {
+            subformat: sub.into(),
+        }
+    }
+
+    #[test]
+    fn every_format_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = make_raw(dir.path(), 4 * MIB);
+        let cases = [
+            (DiskFormat::Raw, "raw", "out.raw"),
+            (DiskFormat::qcow2(), "qcow2", "out.qcow2"),
+            (
+                DiskFormat::Qcow2 {
+                    compat: "0.10".into(),
+                },
+                "qcow2",
+                "out-v2.qcow2",
+            ),
+            (vmdk("monolithicSparse"), "vmdk", "out.vmdk"),
+            (vmdk("streamOptimized"), "vmdk", "out-stream.vmdk"),
+            (vhd("dynamic"), "vpc", "out.vhd"),
+            (vhd("fixed"), "vpc", "out-fixed.vhd"),
+        ];
+        for (format, name, file) in cases.iter().cloned() {
+            let dest = dir.path().join(file);
+            convert(&raw, &format, &dest).unwrap();
+            let info = qemu_info(&dest, name);
+            assert_eq!(info["format"], name, "{format}: {info}");
+            assert_eq!(info["virtual-size"], 4 * MIB, "{format}: {info}");
+            if format.qemu_name() != "raw" && format.qemu_name() != "vpc" {
+                // qemu-img has no consistency check for raw and vpc.
+                qemu_img_ok(&["check", "-f", name], &dest);
+            }
+            qemu_compare(&raw, &dest, name);
+            match &format {
+                DiskFormat::Qcow2 { compat } => {
+                    assert_eq!(info["format-specific"]["data"]["compat"], compat.as_str())
+                }
+                DiskFormat::Vmdk { subformat, .. } => {
+                    let sub = &info["format-specific"]["data"]["create-type"];
+                    assert_eq!(sub, subformat.as_str(), "{info}");
+                }
+                DiskFormat::Vhd { subformat } if subformat == "fixed" => {
+                    // A fixed VHD is the raw bytes plus a 512-byte footer.
+                    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 4 * MIB + 512);
+                }
+                _ => {}
+            }
+        }
+        // The raw copy is sparse: far fewer blocks than its size.
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir.path().join("out.raw")).unwrap();
+        assert!(m.blocks() * 512 < m.len() / 2, "{} blocks", m.blocks());
+        // Nothing left behind but the artifacts and the source.
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            cases.len() + 1
+        );
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        assert!(check_size(&vhd("fixed"), 1024 * MIB).is_ok());
+        assert!(check_size(&vhd("dynamic"), VHD_MAX_BYTES).is_ok());
+        let e = check_size(&vhd("fixed"), MIB + 512)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1049088 bytes") && e.contains("1 MiB"), "{e}");
+        let e = check_size(&vhd("fixed"), VHD_MAX_BYTES + MIB)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2040 GiB"), "{e}");
+        assert!(check_size(&DiskFormat::qcow2(), 512 * 3).is_ok());
+        let e = check_size(&DiskFormat::qcow2(), 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1000 bytes") && e.contains("512"), "{e}");
+        assert!(check_size(&DiskFormat::Raw, 0).is_err());
+
+        // convert refuses before writing anything.
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("odd.raw");
+        std::fs::write(&raw, vec![1u8; 1000]).unwrap();
+        let dest = dir.path().join("odd.vhd");
+        let e = format!("{:#}", convert(&raw, &vhd("fixed"), &dest).unwrap_err());
+        assert!(e.contains("1 MiB"), "{e}");
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn unknown_options_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = make_raw(dir.path(), MIB);
+        let dest = dir.path().join("x.img");
+        for f in [
+            DiskFormat::Qcow2 {
+                compat: "1.1,lazy_refcounts=on".into(),
+            },
+            vmdk("monolithicFlat"),
+            DiskFormat::Vmdk {
+                subformat: "streamOptimized".into(),
+                adapter: "pvscsi".into(),
+            },
+            vhd("sparse"),
+        ] {
+            let e = convert(&raw, &f, &dest).unwrap_err().to_string();
+            assert!(e.contains("expected one of"), "{e}");
+            assert!(!dest.exists());
+        }
+    }
+
+    #[test]
+    fn missing_source_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.qcow2");
+        let e = convert(&dir.path().join("nope.raw"), &DiskFormat::qcow2(), &dest).unwrap_err();
+        assert!(format!("{e:#}").contains("nope.raw"), "{e:#}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_destination_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = make_raw(dir.path(), MIB);
+        let dest = dir.path().join("missing-dir").join("out.qcow2");
+        let e = format!(
+            "{:#}",
+            convert(&raw, &DiskFormat::qcow2(), &dest).unwrap_err()
+        );
+        assert!(e.contains("missing-dir"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
