@@ -36,9 +36,11 @@ fail() {
     esac
 }
 
+# A module for hardware this machine lacks may refuse to load (the Xen front-ends outside
+# Xen): note it and go on; a missing disk is caught when ROOT or USR is not found.
 while read -r m; do
     [ -n "$m" ] || continue
-    insmod "/lib/modules/$KILN_KERNEL/$m" || fail "cannot load module $m"
+    insmod "/lib/modules/$KILN_KERNEL/$m" 2>/dev/null || echo "kiln-initramfs: note: ${m##*/} not loaded (no such hardware?)"
 done < /etc/kiln/modules
 
 # Wait for a device (disk drivers probe asynchronously); prints its /dev path.

@@ -1,6 +1,9 @@
-//! `kiln run`: boot an image in QEMU, for a person or headless to its ready line.
+//! `kiln run`: boot an image in QEMU, for a person or headless to its ready line. With
+//! `--platform`, the platform's virtual hardware (machine, disk controller, NIC, firmware,
+//! config drive) boots its artifact as shipped: qcow2, vmdk and vhd directly; .xz and the GCE
+//! .tar.gz unpacked into a temporary sparse file first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -9,11 +12,14 @@ use kiln_recipe::Firmware;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Raw disk image to boot.
+    /// Disk image to boot: raw, qcow2, vmdk, vhd, or a platform's .xz or .tar.gz.
     image: PathBuf,
-    /// Firmware: bios (SeaBIOS) or uefi (OVMF).
-    #[arg(long, default_value = "bios", value_parser = parse_firmware)]
-    firmware: Firmware,
+    /// Boot on this platform's virtual hardware (from board-profiles/platforms/NAME.toml).
+    #[arg(long, value_name = "NAME")]
+    platform: Option<String>,
+    /// Firmware: bios (SeaBIOS) or uefi (OVMF) [default: bios, or the platform's]
+    #[arg(long, value_parser = parse_firmware)]
+    firmware: Option<Firmware>,
     /// Accelerator: auto (KVM when a probe guest runs under it, else TCG), kvm or tcg.
     #[arg(long, default_value = "auto", env = "KILN_ACCEL")]
     accel: Accel,
@@ -23,7 +29,8 @@ pub struct RunArgs {
     /// Board profiles directory [default: the nearest board-profiles/ above the current directory]
     #[arg(long, value_name = "DIR")]
     board_dir: Option<PathBuf>,
-    /// Disk model: virtio-blk-pci, ide-hd, scsi-hd (virtio-scsi), nvme, ... [default: the board's]
+    /// Disk model: virtio-blk-pci, ide-hd, scsi-hd (virtio-scsi), pvscsi, nvme, ...
+    /// [default: the platform's, else the board's]
     #[arg(long)]
     disk: Option<String>,
     /// Leave the image unchanged: guest writes go to a temporary overlay.
@@ -45,15 +52,108 @@ fn parse_firmware(s: &str) -> Result<Firmware, String> {
     }
 }
 
-pub fn run(a: RunArgs) -> Result<i32> {
-    let board_dir = match a.board_dir {
-        Some(d) => d,
+/// QEMU's format name for an image file, from its first bytes (and the VHD footer).
+pub fn detect_format(path: &Path) -> Result<&'static str> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut head = [0u8; 512];
+    let n = f.read(&mut head)?;
+    let head = &head[..n];
+    if head.starts_with(b"QFI\xfb") {
+        return Ok("qcow2");
+    }
+    if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
+        return Ok("vmdk");
+    }
+    if head.starts_with(b"conectix") {
+        return Ok("vpc");
+    }
+    let len = f.metadata()?.len();
+    if len >= 512 {
+        let mut tail = [0u8; 8];
+        f.seek(SeekFrom::Start(len - 512))?;
+        f.read_exact(&mut tail)?;
+        if &tail == b"conectix" {
+            return Ok("vpc");
+        }
+    }
+    if head.starts_with(b"\xfd7zXZ\0") {
+        return Ok("xz");
+    }
+    if head.starts_with(b"\x1f\x8b") {
+        return Ok("gzip");
+    }
+    Ok("raw")
+}
+
+/// Unpacks a platform's packed disk (.xz, GCE .tar.gz) into `dir`; returns the raw file.
+pub fn unpack(image: &Path, kind: &str, dir: &Path) -> Result<PathBuf> {
+    let raw = dir.join("disk.raw");
+    match kind {
+        "xz" => {
+            use std::io::{Read, Write};
+            let f = std::fs::File::open(image)?;
+            // Multi-stream: kiln writes one .xz stream per chunk.
+            let mut dec = xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(f));
+            let mut out = std::fs::File::create(&raw)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut len = 0u64;
+            loop {
+                let mut n = 0;
+                while n < buf.len() {
+                    let k = dec
+                        .read(&mut buf[n..])
+                        .with_context(|| format!("cannot decompress {}", image.display()))?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+                if n == 0 {
+                    break;
+                }
+                // Leave zeros as holes.
+                if buf[..n].iter().any(|&b| b != 0) {
+                    use std::os::unix::fs::FileExt;
+                    out.write_all_at(&buf[..n], len)?;
+                }
+                len += n as u64;
+            }
+            out.set_len(len)?;
+            out.flush()?;
+        }
+        "gzip" => {
+            let st = std::process::Command::new("tar")
+                .arg("-xzSf")
+                .arg(image)
+                .arg("-C")
+                .arg(dir)
+                .arg("disk.raw")
+                .status()
+                .context("cannot run tar")?;
+            if !st.success() {
+                bail!("{} is not a GCE tarball holding disk.raw", image.display());
+            }
+        }
+        other => bail!("cannot unpack {other}"),
+    }
+    Ok(raw)
+}
+
+fn board_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    match explicit {
+        Some(d) => Ok(d),
         None => std::env::current_dir()?
             .ancestors()
             .map(|d| d.join(kiln_recipe::BOARD_DIR_NAME))
             .find(|d| d.is_dir())
-            .context("no board-profiles/ directory here or above; pass --board-dir")?,
-    };
+            .context("no board-profiles/ directory here or above; pass --board-dir"),
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<i32> {
+    let board_dir = board_dir(a.board_dir)?;
     let path = board_dir.join(format!("{}.toml", a.board));
     if !path.is_file() {
         bail!(
@@ -64,23 +164,66 @@ pub fn run(a: RunArgs) -> Result<i32> {
     }
     let src = kiln_recipe::SourceFile::read(&path)?;
     let board: kiln_recipe::board::BoardFile = src.parse()?;
-    if !board.firmware.iter().any(|f| *f.get_ref() == a.firmware) {
+    let boot: Option<kiln_recipe::platform::BootDef> = match &a.platform {
+        None => None,
+        Some(name) => {
+            let known = kiln_recipe::known_platforms(&board_dir);
+            if !known.contains(name) {
+                bail!(
+                    "unknown platform `{name}`; known platforms: {}",
+                    known.join(", ")
+                );
+            }
+            let p = board_dir
+                .join(kiln_recipe::PLATFORM_DIR_NAME)
+                .join(format!("{name}.toml"));
+            let f: kiln_recipe::platform::PlatformFile =
+                kiln_recipe::SourceFile::read(&p)?.parse()?;
+            Some(f.boot)
+        }
+    };
+    let firmware = a
+        .firmware
+        .or(boot.as_ref().map(|b| b.firmware))
+        .unwrap_or(Firmware::Bios);
+    if !board.firmware.iter().any(|f| *f.get_ref() == firmware) {
         bail!(
             "board {} does not boot with {} firmware",
             a.board,
-            a.firmware.as_str()
+            firmware.as_str()
         );
     }
-    let vm = Vm {
-        disks: vec![Disk {
-            path: a.image.clone(),
+    let tmp = tempfile::tempdir()?;
+    let mut image = a.image.clone();
+    let mut format = detect_format(&image)?;
+    if format == "xz" || format == "gzip" {
+        image = unpack(&a.image, format, tmp.path())?;
+        format = "raw";
+    }
+    let mut disks = vec![Disk {
+        path: image,
+        format: format.into(),
+        interface: a
+            .disk
+            .or(boot.as_ref().map(|b| b.disk.clone()))
+            .unwrap_or_else(|| board.qemu.disk.clone()),
+    }];
+    if boot.as_ref().is_some_and(|b| b.config_drive) {
+        disks.push(Disk {
+            path: config_drive(tmp.path())?,
             format: "raw".into(),
-            interface: a.disk.unwrap_or_else(|| board.qemu.disk.clone()),
-        }],
+            interface: "virtio-blk-pci".into(),
+        });
+    }
+    let vm = Vm {
+        disks,
+        machine: boot.as_ref().map(|b| b.machine.clone()),
+        nic: boot
+            .as_ref()
+            .map(|b| b.nic.clone())
+            .unwrap_or_else(|| "virtio-net-pci".into()),
         qemu: board.qemu,
-        machine: None,
-        nic: "virtio-net-pci".into(),
-        firmware: a.firmware,
+        firmware,
         accel: a.accel,
         snapshot: a.snapshot,
         no_reboot: a.until_ready,
@@ -99,4 +242,32 @@ pub fn run(a: RunArgs) -> Result<i32> {
         Some(_) => Ok(0),
         None => bail!("the image did not print its ready line"),
     }
+}
+
+/// An empty OpenStack-style config drive: FAT labelled config-2 with openstack/latest.
+fn config_drive(dir: &Path) -> Result<PathBuf> {
+    let img = dir.join("config-2.img");
+    let meta = dir.join("meta_data.json");
+    std::fs::write(&meta, "{\"uuid\": \"kiln-run\", \"hostname\": \"kiln\"}\n")?;
+    let run = |c: &mut std::process::Command| kiln_fs::cmd::run(c).map(|_| ());
+    run(
+        std::process::Command::new(kiln_fs::tools::require("mkfs.vfat")?)
+            .args(["-n", "config-2", "-C"])
+            .arg(&img)
+            .arg("8192"),
+    )?;
+    run(std::process::Command::new(kiln_fs::tools::require("mmd")?)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&img)
+        .args(["::/openstack", "::/openstack/latest"]))?;
+    run(
+        std::process::Command::new(kiln_fs::tools::require("mcopy")?)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&img)
+            .arg(&meta)
+            .arg("::/openstack/latest/meta_data.json"),
+    )?;
+    Ok(img)
 }
