@@ -86,21 +86,50 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// recipes/minimal.toml built once per test run.
-pub fn minimal_image() -> &'static Path {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
+/// recipes/minimal.toml built once per test run, for the board and all seven platforms
+/// (with each platform's raw disk kept, for comparisons). Returns the output directory.
+pub fn minimal_out() -> &'static Path {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
         let _l = lock("minimal.lock");
         let out = test_dir().join("out-minimal");
+        // Test binaries of one `cargo test` share their parent: the first one builds.
+        let marker = out.join(format!(
+            ".built-for-{}",
+            std::os::unix::process::parent_id()
+        ));
+        if marker.exists() {
+            return out;
+        }
         let o = kiln(&[
             "build",
             "recipes/minimal.toml",
+            "--keep-raw",
             "--output",
             out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "kiln build failed:\n{}", text(&o));
-        out.join("minimal_image.bin")
+        for e in std::fs::read_dir(&out).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".built-for-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        std::fs::write(&marker, "").unwrap();
+        out
     })
+}
+
+/// The board image of recipes/minimal.toml.
+pub fn minimal_image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| minimal_out().join("minimal_image.bin"))
+}
+
+/// A file of the minimal build, e.g. `artifact("qemu", "_image.qcow2")`.
+pub fn artifact(platform: &str, suffix: &str) -> PathBuf {
+    let p = minimal_out().join(format!("minimal_{platform}{suffix}"));
+    assert!(p.exists(), "{} was not built", p.display());
+    p
 }
 
 /// Copies one partition of a raw image into a file of its own (for fsck and debugfs).
@@ -131,21 +160,30 @@ pub fn extract_partition(image: &Path, number: u32, dest: &Path) {
 
 /// Boots `image` headless with TCG until its ready line.
 pub fn boot(image: &Path, firmware: &str) -> kiln_qemu::Boot {
+    boot_disk(image, firmware, true)
+}
+
+/// Boots `image` (any format QEMU reads) headless with TCG until its ready line; without
+/// `snapshot`, the guest's writes stay in the image.
+pub fn boot_disk(image: &Path, firmware: &str, snapshot: bool) -> kiln_qemu::Boot {
     let (kiln, _) = binaries();
+    let mut args = vec![
+        "run",
+        image.to_str().unwrap(),
+        "--firmware",
+        firmware,
+        "--accel",
+        "tcg",
+        "--until-ready",
+        "--timeout",
+        "300",
+    ];
+    if snapshot {
+        args.push("--snapshot");
+    }
     let o = Command::new(kiln)
         .current_dir(root())
-        .args([
-            "run",
-            image.to_str().unwrap(),
-            "--firmware",
-            firmware,
-            "--accel",
-            "tcg",
-            "--snapshot",
-            "--until-ready",
-            "--timeout",
-            "300",
-        ])
+        .args(&args)
         .output()
         .expect("run kiln run");
     let console: Vec<String> = String::from_utf8_lossy(&o.stdout)

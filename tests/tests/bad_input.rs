@@ -235,3 +235,156 @@ fn missing_recipe_is_named() {
         "{t}"
     );
 }
+
+/// A copy of the board profiles to break one platform file in.
+fn boards_copy(dir: &Path) -> PathBuf {
+    let boards = dir.join("boards");
+    let st = std::process::Command::new("cp")
+        .args([
+            "-a",
+            root().join("board-profiles").to_str().unwrap(),
+            boards.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    boards
+}
+
+#[test]
+fn unknown_platform_lists_the_known_ones() {
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--platform",
+        "gce,azure",
+        "--output",
+        "/nonexistent/out",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("unknown platform `azure`"), "{t}");
+    assert!(
+        t.contains("ec2, gce, metal, openstack, qemu, rackspace, vmware"),
+        "{t}"
+    );
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let p = recipe(
+        d.path(),
+        "plat",
+        &GOOD.replace(
+            "board = \"amd64-usr\"\n",
+            "board = \"amd64-usr\"\nplatforms = [\"qemu\", \"vax\"]\n",
+        ),
+    );
+    let t = validate_fails(&p);
+    assert!(
+        t.contains(&format!("{}:2:22: unknown platform `vax`", p.display())),
+        "{t}"
+    );
+}
+
+#[test]
+fn platform_file_with_unknown_or_missing_key_points_at_it() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let boards = boards_copy(d.path());
+    let gce = boards.join("platforms/gce.toml");
+    let text0 = std::fs::read_to_string(&gce).unwrap();
+    std::fs::write(&gce, text0.replace("[boot]\n", "[boot]\nturbo = true\n")).unwrap();
+    let o = kiln(&[
+        "validate",
+        "recipes/minimal.toml",
+        "--board-dir",
+        boards.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("{}:", gce.display())) && t.contains("unknown field `turbo`"),
+        "{t}"
+    );
+    std::fs::write(&gce, text0.replace("oem-id = \"gce\"\n", "")).unwrap();
+    let o = kiln(&[
+        "validate",
+        "recipes/minimal.toml",
+        "--board-dir",
+        boards.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("missing field `oem-id`"), "{t}");
+}
+
+#[test]
+fn disk_sizes_a_format_cannot_take_are_refused_before_anything_is_written() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let boards = boards_copy(d.path());
+    // GCE: a fixed size that is not whole GiB.
+    let gce = boards.join("platforms/gce.toml");
+    let t = std::fs::read_to_string(&gce).unwrap();
+    std::fs::write(
+        &gce,
+        t.replace(
+            "size-multiple = \"1GiB\"\n",
+            "size-multiple = \"1GiB\"\ndisk-size = \"9500MiB\"\n",
+        ),
+    )
+    .unwrap();
+    let o = kiln(&[
+        "validate",
+        "recipes/minimal.toml",
+        "--board-dir",
+        boards.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("{}:", gce.display()))
+            && t.contains("disk-size 9500MiB is not a multiple of size-multiple 1GiB"),
+        "{t}"
+    );
+    std::fs::write(
+        &gce,
+        std::fs::read_to_string(root().join("board-profiles/platforms/gce.toml"))
+            .unwrap()
+            .replace("size-multiple = \"1GiB\"\n", ""),
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--platform",
+        "gce",
+        "--board-dir",
+        boards.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("whole number of GiB"), "{t}");
+    assert!(!out.exists(), "output directory was created");
+    // VHD: a size that is not whole MiB.
+    let rs = boards.join("platforms/rackspace.toml");
+    let t = std::fs::read_to_string(&rs).unwrap();
+    std::fs::write(
+        &rs,
+        t.replace("size-multiple = \"1MiB\"\n", "disk-size = 4634706432\n"),
+    )
+    .unwrap();
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--platform",
+        "rackspace",
+        "--board-dir",
+        boards.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("MiB"), "{t}");
+    assert!(!out.exists(), "output directory was created");
+}

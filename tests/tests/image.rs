@@ -222,6 +222,8 @@ fn a_second_build_without_mount_rights_downloads_nothing_and_is_byte_identical()
         .args([
             "build",
             "recipes/minimal.toml",
+            "--platform",
+            "none",
             "--rebuild",
             "--output",
             out.to_str().unwrap(),

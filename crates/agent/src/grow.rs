@@ -116,7 +116,14 @@ pub fn grow(mount_point: &Path) -> Result<String> {
         if unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &mut n as *mut u64) } != 0 {
             return Err(std::io::Error::last_os_error()).context("EXT4_IOC_RESIZE_FS failed");
         }
-        did.push(format!("filesystem grown from {blocks} to {want} blocks"));
+        // The kernel leaves out a last block group too small to hold its own metadata, so
+        // what it did is read back rather than assumed (and a later boot has nothing to do).
+        // SAFETY: syncfs on a descriptor we own.
+        unsafe { libc::syncfs(dir.as_raw_fd()) };
+        let (now, _) = ext4_blocks(&part.dev)?;
+        if now > blocks {
+            did.push(format!("filesystem grown from {blocks} to {now} blocks"));
+        }
     }
     Ok(if did.is_empty() {
         "nothing to grow".into()

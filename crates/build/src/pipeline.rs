@@ -337,15 +337,29 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         root_tree: &root_tree,
         agent_hash: &agent_hash,
     };
-    // Every image in parallel: the board image and each platform's.
+    // Every image in parallel: the board image and each platform's. They are written into a
+    // staging directory beside the outputs and moved into place only when all succeeded, so a
+    // failed build leaves the output directory as it was.
+    std::fs::create_dir_all(&opts.output_dir).with_context(|| {
+        format!(
+            "cannot create output directory {}",
+            opts.output_dir.display()
+        )
+    })?;
+    remove_stale_staging(&opts.output_dir)?;
+    let staging = opts
+        .output_dir
+        .join(format!(".kiln-staging-{}", std::process::id()));
+    std::fs::create_dir(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
     let results: Vec<Result<(Vec<StageReport>, Vec<PathBuf>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = variants
             .iter()
             .zip(&plans)
             .map(|(v, plan)| {
                 let shared = &shared;
-                let work = work.path();
-                s.spawn(move || build_variant(shared, v, plan, work))
+                let (work, staging) = (work.path(), staging.as_path());
+                s.spawn(move || build_variant(shared, v, plan, work, staging))
             })
             .collect();
         handles
@@ -355,15 +369,31 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     });
     let mut image = PathBuf::new();
     let mut artifacts = Vec::new();
+    let mut staged = Vec::new();
     for (v, res) in variants.iter().zip(results) {
-        let (reps, files) = res.with_context(|| format!("{} image", v.name))?;
+        let (reps, files) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e.context(format!("{} image", v.name)));
+            }
+        };
         reports.extend(reps);
-        if v.platform.is_none() {
-            image = files[0].clone();
-        } else {
-            artifacts.extend(files);
+        for f in files {
+            let dest = opts.output_dir.join(f.file_name().expect("file name"));
+            if v.platform.is_none() {
+                image = dest.clone();
+            } else {
+                artifacts.push(dest.clone());
+            }
+            staged.push((f, dest));
         }
     }
+    for (from, to) in &staged {
+        std::fs::rename(from, to)
+            .with_context(|| format!("cannot move {} into place", to.display()))?;
+    }
+    std::fs::remove_dir_all(&staging)?;
     drop(work);
 
     Ok(BuildOutput {
@@ -374,6 +404,20 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         stages: reports,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Staging directories of builds that were killed (the build lock is held: none is live).
+fn remove_stale_staging(out: &Path) -> Result<()> {
+    for e in std::fs::read_dir(out)?.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".kiln-staging-")
+        {
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn root_key(tree_key: &str, size: u64, versions: &ToolVersions) -> String {
@@ -391,6 +435,7 @@ fn build_variant(
     v: &Variant,
     plan: &kiln_disk::DiskPlan,
     work: &Path,
+    staging: &Path,
 ) -> Result<(Vec<StageReport>, Vec<PathBuf>)> {
     let (r, opts, cache) = (sh.r, sh.opts, &sh.opts.cache);
     let epoch = r.source_date_epoch;
@@ -544,15 +589,9 @@ fn build_variant(
         contents.push((bb.number, core_path));
         boot_code = Some(grub::bios_boot_code(lba)?);
     }
-    std::fs::create_dir_all(&opts.output_dir).with_context(|| {
-        format!(
-            "cannot create output directory {}",
-            opts.output_dir.display()
-        )
-    })?;
     let files = match v.platform {
         None => {
-            let image = opts.output_dir.join(format!("{}_image.bin", r.name));
+            let image = staging.join(format!("{}_image.bin", r.name));
             write_disk(plan, &contents, boot_code.as_deref(), &image)?;
             vec![image]
         }
@@ -563,7 +602,7 @@ fn build_variant(
                 r,
                 p,
                 &raw,
-                &opts.output_dir,
+                staging,
                 opts.keep_raw,
                 &cache.root.join("xz-chunks"),
             )?;

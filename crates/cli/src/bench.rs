@@ -16,6 +16,13 @@ pub struct BenchArgs {
     /// The static kiln-agent binary [default: $KILN_AGENT, else next to kiln]
     #[arg(long, value_name = "FILE")]
     agent: Option<PathBuf>,
+    /// Compare one platform with all of the recipe's, from the same warm cache (packages
+    /// downloaded, every stage rebuilt), instead of the cold/warm board-image benchmark.
+    #[arg(long)]
+    platforms: bool,
+    /// The single platform of --platforms.
+    #[arg(long, default_value = "qemu", value_name = "NAME")]
+    one: String,
     #[command(flatten)]
     recipe_args: crate::RecipeArgs,
 }
@@ -31,8 +38,13 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     let recipe = a
         .recipe
         .unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
-    let resolved = crate::load(&recipe, &a.recipe_args)?;
     let agent = crate::find_agent(a.agent)?;
+    if a.platforms {
+        return bench_platforms(&recipe, &a.recipe_args, &agent, a.work_dir, &a.one);
+    }
+    // The board image alone: the first bootable image, without platform artifacts.
+    let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
+    let resolved = crate::load_with(&recipe, &a.recipe_args, none)?;
     let work = match a.work_dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
@@ -94,5 +106,87 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         max_rss_kib(libc::RUSAGE_CHILDREN) / 1024
     );
     drop(work);
+    Ok(0)
+}
+
+/// One platform against all of them, each from a cache holding only the downloaded packages.
+fn bench_platforms(
+    recipe: &std::path::Path,
+    args: &crate::RecipeArgs,
+    agent: &std::path::Path,
+    work_dir: Option<PathBuf>,
+    one: &str,
+) -> Result<i32> {
+    use kiln_recipe::PlatformSelection;
+    let all = crate::load_with(recipe, args, None)?;
+    let single = crate::load_with(
+        recipe,
+        args,
+        Some(PlatformSelection::Names(vec![one.to_string()])),
+    )?;
+    let work = match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            tempfile::tempdir_in(d)?
+        }
+        None => tempfile::tempdir()?,
+    };
+    let root = work.path().join("cache");
+    let run = |r: &kiln_recipe::Resolved, name: &str| -> Result<BuildOutput> {
+        // Warm: packages kept; stages and compressed chunks dropped.
+        for d in ["stages", "xz-chunks"] {
+            let p = root.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p)?;
+            }
+        }
+        let out = work.path().join(name);
+        let o = kiln_build::build(
+            r,
+            &BuildOptions {
+                cache: CacheDirs::new(root.clone())?,
+                output_dir: out.clone(),
+                agent: agent.to_path_buf(),
+                rebuild: false,
+                keep_raw: false,
+            },
+        )
+        .with_context(|| format!("{name} build"))?;
+        std::fs::remove_dir_all(&out)?;
+        Ok(o)
+    };
+    eprintln!(
+        "kiln bench --platforms: {} in {}",
+        recipe.display(),
+        work.path().display()
+    );
+    run(&all, "prime").context("priming the package cache")?;
+    let one_out = run(&single, "one")?;
+    let all_out = run(&all, "all")?;
+    println!("stage                     one s    all s");
+    for s in &all_out.stages {
+        let o = one_out
+            .stages
+            .iter()
+            .find(|x| x.stage == s.stage)
+            .map(|x| format!("{:8.2}", x.seconds));
+        println!(
+            "{:<24} {:>8} {:>8.2}",
+            s.stage,
+            o.unwrap_or_else(|| "-".into()),
+            s.seconds
+        );
+    }
+    let ratio = all_out.seconds / one_out.seconds;
+    println!("one platform ({one}): {:.1} s", one_out.seconds);
+    println!(
+        "all {} platforms: {:.1} s",
+        all.platforms.len(),
+        all_out.seconds
+    );
+    println!(
+        "ratio {ratio:.2} (goal <= 1.5: {})",
+        if ratio <= 1.5 { "met" } else { "missed" }
+    );
     Ok(0)
 }

@@ -59,7 +59,8 @@ enum Cmd {
         /// Also keep each platform's raw disk as <recipe>_<platform>_image.raw (for checks).
         #[arg(long)]
         keep_raw: bool,
-        /// Platforms to build: comma-separated names, or `all` [default: the recipe's list]
+        /// Platforms to build: comma-separated names, `all` or `none` (only the board image)
+        /// [default: the recipe's list]
         #[arg(long, value_name = "NAMES")]
         platform: Option<kiln_recipe::PlatformSelection>,
         #[command(flatten)]
@@ -204,7 +205,7 @@ fn load(recipe: &Path, a: &RecipeArgs) -> Result<kiln_recipe::Resolved> {
     load_with(recipe, a, None)
 }
 
-fn load_with(
+pub(crate) fn load_with(
     recipe: &Path,
     a: &RecipeArgs,
     platforms: Option<kiln_recipe::PlatformSelection>,
@@ -223,7 +224,7 @@ fn load_with(
 
 /// The static agent: --agent, $KILN_AGENT, next to this executable, or where the README's
 /// build puts it.
-fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("KILN_AGENT").map(PathBuf::from)) {
         return Ok(p);
     }

@@ -51,13 +51,16 @@ impl std::str::FromStr for PlatformSelection {
         if s == "all" {
             return Ok(PlatformSelection::All);
         }
+        if s == "none" {
+            return Ok(PlatformSelection::Names(Vec::new()));
+        }
         let names: Vec<String> = s
             .split(',')
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
             .collect();
         if names.is_empty() {
-            return Err("name at least one platform, or `all`".into());
+            return Err("name at least one platform, or `all` or `none`".into());
         }
         Ok(PlatformSelection::Names(names))
     }

@@ -1,0 +1,469 @@
+//! The seven platform artifacts: named consistently, checked by tools kiln did not write
+//! (qemu-img, tar, xz, sha*sum, an XML parser, sh), and each booted on its platform's own
+//! virtual hardware (QEMU TCG) to the ready line, reading its OEM id from the OEM partition.
+
+use std::path::Path;
+use std::process::Command;
+
+use kiln_tests::{artifact, binaries, minimal_out, root, test_dir, text};
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{cmd} {args:?} failed:\n{t}");
+    t
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn qemu_info(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&run("qemu-img", &["info", "--output=json", s(p)])).unwrap()
+}
+
+#[test]
+fn every_platform_has_its_artifacts_and_verified_digests() {
+    let expected: &[(&str, &[&str])] = &[
+        ("metal", &["_image.bin.xz"]),
+        ("qemu", &["_image.qcow2", ".sh"]),
+        ("vmware", &["_image.vmdk", "_image.vmx", ".ova"]),
+        ("ec2", &["_image.bin.xz", "_image.json"]),
+        ("gce", &["_image.tar.gz"]),
+        ("rackspace", &["_image.vhd"]),
+        ("openstack", &["_image.qcow2", "_image.json"]),
+    ];
+    for (p, files) in expected {
+        let digests = std::fs::read_to_string(artifact(p, ".DIGESTS")).unwrap();
+        for f in *files {
+            let name = artifact(p, f)
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                digests.contains(&format!("  {name}\n")),
+                "{p}: {name} not in DIGESTS:\n{digests}"
+            );
+        }
+        // sha256sum and sha512sum agree with every line.
+        for (tool, len) in [("sha256sum", 64), ("sha512sum", 128)] {
+            let lines: String = digests
+                .lines()
+                .filter(|l| l.split_whitespace().next().is_some_and(|h| h.len() == len))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(lines.lines().count(), files.len(), "{p} {tool}:\n{digests}");
+            let list = minimal_out().join(format!(".{p}.{tool}"));
+            std::fs::write(&list, &lines).unwrap();
+            let o = Command::new(tool)
+                .current_dir(minimal_out())
+                .args(["-c", "--strict"])
+                .arg(&list)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{p}: {tool} -c: {}", text(&o));
+        }
+    }
+}
+
+#[test]
+fn disk_formats_hold_the_same_guest_bytes_as_the_raw_disk() {
+    for (p, file, format) in [
+        ("qemu", "_image.qcow2", "qcow2"),
+        ("openstack", "_image.qcow2", "qcow2"),
+        ("vmware", "_image.vmdk", "vmdk"),
+        ("rackspace", "_image.vhd", "vpc"),
+    ] {
+        let a = artifact(p, file);
+        let raw = artifact(p, "_image.raw");
+        let info = qemu_info(&a);
+        assert_eq!(info["format"], format, "{p}: {info}");
+        assert_eq!(
+            info["virtual-size"].as_u64(),
+            Some(std::fs::metadata(&raw).unwrap().len()),
+            "{p}: {info}"
+        );
+        if format != "vpc" {
+            // qemu-img check has no VHD support.
+            run("qemu-img", &["check", s(&a)]);
+        }
+        let cmp = run(
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", format, s(&raw), s(&a)],
+        );
+        assert!(cmp.contains("Images are identical"), "{p}: {cmp}");
+    }
+    let q = qemu_info(&artifact("qemu", "_image.qcow2"));
+    assert_eq!(q["format-specific"]["data"]["compat"], "1.1");
+    let v = qemu_info(&artifact("vmware", "_image.vmdk"));
+    assert_eq!(
+        v["format-specific"]["data"]["create-type"], "monolithicSparse",
+        "{v}"
+    );
+    let h = run(
+        "qemu-img",
+        &["info", s(&artifact("rackspace", "_image.vhd"))],
+    );
+    assert!(h.contains("vpc"), "{h}");
+    // A dynamic VHD is much smaller than its 4.4 GB disk; a fixed one is not.
+    assert!(
+        std::fs::metadata(artifact("rackspace", "_image.vhd"))
+            .unwrap()
+            .len()
+            < 1 << 30
+    );
+}
+
+#[test]
+fn metal_and_ec2_are_the_raw_disk_xz_compressed() {
+    for p in ["metal", "ec2"] {
+        let xz = artifact(p, "_image.bin.xz");
+        run("xz", &["-t", s(&xz)]);
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "xz -dc '{}' | cmp - '{}'",
+                s(&xz),
+                s(&artifact(p, "_image.raw"))
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{p}: {}", text(&o));
+    }
+    // EC2 disks are whole GiB (the rounding is ROOT's to grow into).
+    assert_eq!(
+        std::fs::metadata(artifact("ec2", "_image.raw"))
+            .unwrap()
+            .len()
+            % (1 << 30),
+        0
+    );
+}
+
+#[test]
+fn gce_tarball_holds_exactly_a_sparse_disk_raw_of_whole_gib() {
+    let tgz = artifact("gce", "_image.tar.gz");
+    let list = run("tar", &["-tvzf", s(&tgz)]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 1, "{list}");
+    assert!(
+        lines[0].ends_with(" disk.raw") && lines[0].starts_with("-"),
+        "{list}"
+    );
+    // oldgnu: "ustar  \0" magic at 257, and the sparse type flag.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -dc '{}' | head -c 512", s(&tgz)))
+        .output()
+        .unwrap();
+    assert_eq!(&o.stdout[257..265], b"ustar  \0");
+    assert_eq!(o.stdout[156], b'S', "not a sparse member");
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    run("tar", &["-xzSf", s(&tgz), "-C", s(d.path())]);
+    let disk = d.path().join("disk.raw");
+    let size = std::fs::metadata(&disk).unwrap().len();
+    assert_eq!(size % (1 << 30), 0, "{size} is not whole GiB");
+    let cmp = run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            s(&artifact("gce", "_image.raw")),
+            s(&disk),
+        ],
+    );
+    assert!(cmp.contains("Images are identical"), "{cmp}");
+}
+
+#[test]
+fn ova_is_ovf_then_mf_then_stream_optimized_vmdk() {
+    let ova = artifact("vmware", ".ova");
+    let list = run("tar", &["-tf", s(&ova)]);
+    let names: Vec<&str> = list.lines().collect();
+    assert_eq!(names.len(), 3, "{list}");
+    assert!(
+        names[0].ends_with(".ovf") && names[1].ends_with(".mf") && names[2].ends_with(".vmdk"),
+        "{list}"
+    );
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    run("tar", &["-xf", s(&ova), "-C", s(d.path())]);
+    let ovf = std::fs::read_to_string(d.path().join(names[0])).unwrap();
+    let doc = roxmltree::Document::parse(&ovf).expect("OVF parses as XML");
+    let disk = doc
+        .descendants()
+        .find(|n| n.has_tag_name("Disk"))
+        .expect("a Disk element");
+    let attr = |n: roxmltree::Node, local: &str| {
+        n.attributes()
+            .find(|a| a.name() == local)
+            .map(|a| a.value().to_string())
+    };
+    let raw_size = std::fs::metadata(artifact("vmware", "_image.raw"))
+        .unwrap()
+        .len();
+    assert_eq!(attr(disk, "capacity"), Some(raw_size.to_string()));
+    assert!(attr(disk, "format").unwrap().ends_with("#streamOptimized"));
+    let os = doc
+        .descendants()
+        .find(|n| n.has_tag_name("OperatingSystemSection"))
+        .expect("OS section");
+    assert_eq!(attr(os, "osType").as_deref(), Some("otherLinux64Guest"));
+    let vmdk = d.path().join(names[2]);
+    assert_eq!(
+        qemu_info(&vmdk)["format-specific"]["data"]["create-type"],
+        "streamOptimized"
+    );
+    run("qemu-img", &["check", s(&vmdk)]);
+    // The .mf is in ovftool's "SHA256(file)= hex" form; check it by hand.
+    let mf = std::fs::read_to_string(d.path().join(names[1])).unwrap();
+    for line in mf.lines() {
+        let (left, hex) = line.split_once("= ").expect("SHA256(file)= hex");
+        let file = left.trim_start_matches("SHA256(").trim_end_matches(')');
+        let sum = run("sha256sum", &[s(&d.path().join(file))]);
+        assert!(sum.starts_with(hex), "{file}: {sum} vs {hex}");
+    }
+}
+
+#[test]
+fn sidecars_say_what_their_platforms_need() {
+    let vmx = std::fs::read_to_string(artifact("vmware", "_image.vmx")).unwrap();
+    for want in [
+        "guestOS = \"other5xlinux-64\"",
+        "memsize = \"1024\"",
+        "scsi0.virtualDev = \"pvscsi\"",
+        "ethernet0.virtualDev = \"vmxnet3\"",
+        "scsi0:0.fileName = \"minimal_vmware_image.vmdk\"",
+    ] {
+        assert!(vmx.contains(want), "vmx lacks {want}:\n{vmx}");
+    }
+    let sh = artifact("qemu", ".sh");
+    run("sh", &["-n", s(&sh)]);
+    let help = run("sh", &[s(&sh), "-h"]);
+    assert!(
+        help.contains("127.0.0.1") && help.contains("config-2"),
+        "{help}"
+    );
+    let ec2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(artifact("ec2", "_image.json")).unwrap()).unwrap();
+    let reg = &ec2["register-image"];
+    assert_eq!(reg["VirtualizationType"], "hvm");
+    assert_eq!(reg["EnaSupport"], true);
+    assert_eq!(reg["BootMode"], "uefi-preferred");
+    assert_eq!(reg["RootDeviceName"], "/dev/xvda");
+    assert_eq!(ec2["import-snapshot"]["DiskContainer"]["Format"], "RAW");
+    let os: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(artifact("openstack", "_image.json")).unwrap())
+            .unwrap();
+    assert_eq!(os["disk_format"], "qcow2");
+    assert_eq!(os["properties"]["hw_disk_bus"], "virtio");
+}
+
+/// Boots an artifact with `kiln run --platform` and checks the ready line.
+fn boot_platform(platform: &str, file: &str, oem: &str, usr_dev: &str, console_has: &str) {
+    let (kiln, _) = binaries();
+    let a = artifact(platform, file);
+    let o = Command::new(kiln)
+        .current_dir(root())
+        .args([
+            "run",
+            s(&a),
+            "--platform",
+            platform,
+            "--accel",
+            "tcg",
+            "--snapshot",
+            "--until-ready",
+            "--timeout",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let tail: Vec<&str> = out.lines().collect();
+    let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+    assert!(
+        o.status.success(),
+        "{platform} did not boot:\n{tail}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    check_ready(platform, &out, oem, usr_dev);
+    assert!(
+        out.contains(console_has),
+        "{platform}: console lacks {console_has:?}:\n{tail}"
+    );
+}
+
+fn check_ready(platform: &str, console: &str, oem: &str, usr_dev: &str) {
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("kiln: ready "))
+        .unwrap_or_else(|| panic!("{platform}: no ready line"));
+    for want in [
+        "slot=A",
+        "usr=ro",
+        "root=rw",
+        &format!("oem={oem}"),
+        "oem-partlabel=OEM",
+        &format!("usr-dev={usr_dev}"),
+    ] {
+        assert!(
+            line.split_whitespace().any(|w| w == want),
+            "{platform}: {want} missing in\n{line}"
+        );
+    }
+}
+
+#[test]
+fn metal_boots_on_ahci_with_seabios() {
+    boot_platform("metal", "_image.bin.xz", "metal", "/dev/sda3", "ahci");
+}
+
+#[test]
+fn vmware_vmdk_boots_on_pvscsi_with_vmxnet3() {
+    boot_platform("vmware", "_image.vmdk", "vmware", "/dev/sda3", "vmw_pvscsi");
+}
+
+#[test]
+fn ec2_boots_on_nvme_with_ovmf() {
+    boot_platform(
+        "ec2",
+        "_image.bin.xz",
+        "ec2",
+        "/dev/nvme0n1p3",
+        "efi: EFI v",
+    );
+}
+
+#[test]
+fn gce_disk_raw_boots_on_virtio_scsi_with_ovmf() {
+    boot_platform("gce", "_image.tar.gz", "gce", "/dev/sda3", "efi: EFI v");
+}
+
+#[test]
+fn openstack_qcow2_boots_on_virtio_with_a_config_drive() {
+    boot_platform("openstack", "_image.qcow2", "openstack", "/dev/vda3", "vdb");
+}
+
+#[test]
+fn rackspace_vhd_boots_on_ide() {
+    boot_platform(
+        "rackspace",
+        "_image.vhd",
+        "rackspace",
+        "/dev/sda3",
+        "ata_piix",
+    );
+}
+
+/// The qemu platform boots the way its users start it: with its launch script.
+#[test]
+fn qemu_boots_with_its_launch_script() {
+    use std::io::{BufRead, BufReader};
+    let sh = artifact("qemu", ".sh");
+    let mut child = Command::new("sh")
+        .arg(&sh)
+        .arg("-s")
+        .env("KILN_QEMU_ACCEL", "tcg")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in reader.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        console.push_str(&l);
+        console.push('\n');
+        if l.starts_with("kiln: ready ") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    check_ready("qemu", &console, "qemu", "/dev/vda3");
+}
+
+/// A disk 2 GiB larger than the image: ROOT takes the space on first boot, and a second boot
+/// finds nothing to do.
+#[test]
+fn root_grows_into_a_larger_disk_once() {
+    let img = kiln_tests::minimal_image();
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let big = d.path().join("big.qcow2");
+    let size = std::fs::metadata(img).unwrap().len() + (2 << 30);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(img),
+            "-F",
+            "raw",
+            s(&big),
+            &size.to_string(),
+        ],
+    );
+    let mib = |b: &kiln_qemu::Boot| {
+        b.field("root-fs-mib")
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("root-fs-mib")
+    };
+    let first = kiln_tests::boot_disk(&big, "bios", false);
+    let grown = mib(&first);
+    // ROOT is 2 GiB in the image: about 4 GiB after growing (ext4 keeps some for itself).
+    assert!(
+        (3900..=4096).contains(&grown),
+        "ROOT is {grown} MiB after growing"
+    );
+    assert!(
+        first
+            .console
+            .iter()
+            .any(|l| l.contains("grow-root: GPT rewritten")),
+        "no growth reported"
+    );
+    // The table as sgdisk sees it: backup at the new end, ROOT up to it.
+    let raw = d.path().join("big.raw");
+    run("qemu-img", &["convert", "-O", "raw", s(&big), s(&raw)]);
+    assert!(run("sgdisk", &["-v", s(&raw)]).contains("No problems found"));
+    let sectors = size / 512;
+    let i9 = run("sgdisk", &["-i", "9", s(&raw)]);
+    assert!(
+        i9.contains(&format!("Last sector: {} ", sectors - 34)),
+        "{i9}"
+    );
+    let second = kiln_tests::boot_disk(&big, "bios", false);
+    assert_eq!(mib(&second), grown);
+    assert!(
+        second
+            .console
+            .iter()
+            .any(|l| l.contains("grow-root: nothing to grow")),
+        "second boot grew again"
+    );
+}
