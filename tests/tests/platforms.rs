@@ -372,15 +372,32 @@ fn rackspace_vhd_boots_on_ide() {
 fn qemu_boots_with_its_launch_script() {
     use std::io::{BufRead, BufReader};
     let sh = artifact("qemu", ".sh");
+    // A free port for the ssh forward, so a busy 2222 on the test machine does not matter.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("sh")
         .arg(&sh)
-        .arg("-s")
+        .args(["-s", "-p", &port.to_string()])
         .env("KILN_QEMU_ACCEL", "tcg")
+        // Its own process group: QEMU is the script's child, and it must go too.
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let pgid = child.id() as i32;
+    let stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut e = String::new();
+        use std::io::Read;
+        let _ = BufReader::new(stderr).read_to_string(&mut e);
+        e
+    });
     let reader = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -400,8 +417,14 @@ fn qemu_boots_with_its_launch_script() {
             break;
         }
     }
-    let _ = child.kill();
+    // SAFETY: signalling the process group this test created.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
     let _ = child.wait();
+    let err = err_thread.join().unwrap_or_default();
+    assert!(
+        console.contains("kiln: ready "),
+        "no ready line; stderr: {err}\nconsole:\n{console}"
+    );
     check_ready("qemu", &console, "qemu", "/dev/vda3");
 }
 
@@ -466,4 +489,110 @@ fn root_grows_into_a_larger_disk_once() {
             .any(|l| l.contains("grow-root: nothing to grow")),
         "second boot grew again"
     );
+}
+
+#[test]
+fn inspect_reads_qcow2_vmdk_and_vhd_like_the_raw_disk() {
+    let json = |p: &Path| -> serde_json::Value {
+        let o = kiln_tests::kiln(&["inspect", "--json", s(p)]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    for (p, file, format) in [
+        ("qemu", "_image.qcow2", "qcow2"),
+        ("vmware", "_image.vmdk", "vmdk"),
+        ("rackspace", "_image.vhd", "vhd"),
+    ] {
+        let a = json(&artifact(p, file));
+        let r = json(&artifact(p, "_image.raw"));
+        assert_eq!(a["format"], format);
+        assert_eq!(r["format"], "raw");
+        assert_eq!(a["disk_guid"], r["disk_guid"], "{p}");
+        assert_eq!(a["partitions"], r["partitions"], "{p}");
+        assert_eq!(a["read_from"], "primary");
+        assert_eq!(a["next_boot"]["slot"], "A");
+    }
+}
+
+/// An eighth platform needs a data file and an OEM tree, nothing else: here an Azure-like
+/// one, a fixed VHD whose size is a whole number of MiB.
+#[test]
+fn an_eighth_platform_is_a_data_file_and_an_oem_tree() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let boards = d.path().join("boards");
+    run("cp", &["-a", s(&root().join("board-profiles")), s(&boards)]);
+    std::fs::create_dir_all(boards.join("oem/azure")).unwrap();
+    std::fs::write(
+        boards.join("oem/azure/waagent.conf"),
+        "Provisioning.Enabled=n\n",
+    )
+    .unwrap();
+    std::fs::write(
+        boards.join("platforms/azure.toml"),
+        r#"name = "azure"
+description = "Microsoft Azure: fixed VHD"
+oem-id = "azure"
+oem-tree = "oem/azure"
+layout-variant = "vm"
+initramfs-modules = ["virtio_pci", "virtio_blk", "virtio_net"]
+
+[artifact]
+format = "vhd"
+subformat = "fixed"
+extension = "vhd"
+size-multiple = "1MiB"
+
+[boot]
+firmware = "bios"
+machine = "q35"
+disk = "virtio-blk-pci"
+nic = "virtio-net-pci"
+"#,
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let o = kiln_tests::kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--platform",
+        "azure",
+        "--board-dir",
+        s(&boards),
+        "--output",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vhd = out.join("minimal_azure_image.vhd");
+    // A fixed VHD has its footer only at the end, which QEMU does not probe for: say vpc.
+    let info: serde_json::Value = serde_json::from_str(&run(
+        "qemu-img",
+        &["info", "--output=json", "-f", "vpc", s(&vhd)],
+    ))
+    .unwrap();
+    assert_eq!(info["format"], "vpc");
+    // Fixed: the raw disk plus a 512-byte footer; whole MiB of virtual size.
+    let virtual_size = info["virtual-size"].as_u64().unwrap();
+    assert_eq!(virtual_size % (1 << 20), 0);
+    assert_eq!(std::fs::metadata(&vhd).unwrap().len(), virtual_size + 512);
+    assert!(out.join("minimal_azure.DIGESTS").exists());
+    let (kiln, _) = binaries();
+    let o = Command::new(kiln)
+        .current_dir(root())
+        .args([
+            "run",
+            s(&vhd),
+            "--platform",
+            "azure",
+            "--board-dir",
+            s(&boards),
+            "--accel",
+            "tcg",
+            "--snapshot",
+            "--until-ready",
+        ])
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", text(&o));
+    check_ready("azure", &console, "azure", "/dev/vda3");
 }

@@ -1,6 +1,6 @@
 //! `kiln inspect`: the partition table as kiln reads it, and which USR slot would boot.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_disk::{next_boot, type_name, Gpt};
@@ -9,6 +9,8 @@ use serde::Serialize;
 #[derive(Serialize)]
 struct Report {
     image: String,
+    /// raw, qcow2, vmdk or vhd.
+    format: String,
     disk_size: u64,
     disk_guid: String,
     read_from: String,
@@ -56,9 +58,60 @@ fn size(b: u64) -> String {
     }
 }
 
+/// The sectors that hold the GPT (the first 34 and the last 33) of a qcow2, vmdk or vhd image,
+/// read by qemu-img and laid out in a sparse file of the image's virtual size.
+fn gpt_sectors_of(image: &Path, format: &str, dir: &Path) -> Result<PathBuf> {
+    let qemu_img = kiln_fs::tools::require("qemu-img")?;
+    let info = kiln_fs::cmd::run(
+        std::process::Command::new(&qemu_img)
+            .args(["info", "--output=json", "-f", format])
+            .arg(image),
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+    let size = v["virtual-size"]
+        .as_u64()
+        .context("qemu-img info gave no virtual size")?;
+    let sectors = size / 512;
+    if sectors < 68 {
+        anyhow::bail!(
+            "{} is too small ({size} bytes) to hold a GPT",
+            image.display()
+        );
+    }
+    let out = dir.join("gpt.raw");
+    let f = std::fs::File::create(&out)?;
+    f.set_len(size)?;
+    // qemu-img dd counts `count` from the start of the image, skipped blocks included.
+    for (skip, count) in [(0, 34), (sectors - 33, sectors)] {
+        let part = dir.join(format!("part-{skip}.raw"));
+        kiln_fs::cmd::run(
+            std::process::Command::new(&qemu_img)
+                .args(["dd", "-f", format, "-O", "raw", "bs=512"])
+                .arg(format!("skip={skip}"))
+                .arg(format!("count={count}"))
+                .arg(format!("if={}", image.display()))
+                .arg(format!("of={}", part.display())),
+        )?;
+        let data = std::fs::read(&part)?;
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&data, skip * 512)?;
+    }
+    Ok(out)
+}
+
 pub fn inspect(image: &Path, json: bool) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let format = crate::run::detect_format(image)?;
+    let source = match format {
+        "raw" => image.to_path_buf(),
+        "qcow2" | "vmdk" | "vpc" => gpt_sectors_of(image, format, tmp.path())?,
+        other => anyhow::bail!(
+            "{} is {other}-compressed: unpack it first (kiln inspect reads raw, qcow2, vmdk and vhd)",
+            image.display()
+        ),
+    };
     let mut f =
-        std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
+        std::fs::File::open(&source).with_context(|| format!("cannot open {}", image.display()))?;
     let len = f.metadata()?.len();
     let read = Gpt::read(&mut f, len)
         .with_context(|| format!("{} has no readable GPT", image.display()))?;
@@ -89,6 +142,7 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         consumes_try: c.consumes_try,
     });
     let report = Report {
+        format: if format == "vpc" { "vhd" } else { format }.to_string(),
         image: image.display().to_string(),
         disk_size: len,
         disk_guid: gpt.disk_guid.to_string(),
@@ -101,8 +155,9 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}: {} ({} bytes), disk GUID {}, read from the {} GPT",
+        "{} ({}): {} ({} bytes), disk GUID {}, read from the {} GPT",
         report.image,
+        report.format,
         size(len),
         len,
         report.disk_guid,

@@ -147,11 +147,21 @@ impl Vm {
     }
 
     /// The QEMU command. `vars` is a writable copy of the UEFI variable store (UEFI only).
-    pub fn command(&self, vars: Option<&Path>) -> Result<Command> {
+    /// `serial` is QEMU's -serial backend: stdio, or mon:stdio for a person (Ctrl-a x).
+    pub fn command(&self, vars: Option<&Path>, serial: &str) -> Result<Command> {
         kiln_fs::tools::require(&self.qemu.binary)?;
         let accel = self.accel_name();
         tracing::info!("booting with {accel}");
         let mut c = Command::new(&self.qemu.binary);
+        // QEMU dies with kiln: a killed `kiln run` must not leave a guest running.
+        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let machine = self.machine.as_deref().unwrap_or(&self.qemu.machine);
         c.args(["-machine", &format!("{machine},accel={accel}")]);
         c.args(["-m", &self.qemu.memory_mib.to_string()]);
@@ -165,7 +175,7 @@ impl Vm {
             "-display",
             "none",
             "-serial",
-            "stdio",
+            serial,
         ]);
         if self.no_reboot {
             c.arg("-no-reboot");
@@ -244,18 +254,9 @@ impl Vm {
     pub fn run_interactive(&self) -> Result<std::process::ExitStatus> {
         let dir = tempfile::tempdir()?;
         let vars = self.vars_copy(dir.path())?;
-        let mut c = self.command(vars.as_deref())?;
-        // -serial stdio plus the monitor muxed on it: Ctrl-a x quits, Ctrl-a c is the monitor.
-        let args: Vec<_> = c.get_args().map(|a| a.to_os_string()).collect();
-        let mut c2 = Command::new(c.get_program());
-        for a in args {
-            if a == "stdio" {
-                c2.arg("mon:stdio");
-            } else {
-                c2.arg(a);
-            }
-        }
-        c = c2;
+        // The serial console and the monitor muxed on stdio: Ctrl-a x quits, Ctrl-a c is the
+        // monitor.
+        let mut c = self.command(vars.as_deref(), "mon:stdio")?;
         c.status().context("cannot start QEMU")
     }
 
@@ -269,7 +270,7 @@ impl Vm {
     ) -> Result<Boot> {
         let dir = tempfile::tempdir()?;
         let vars = self.vars_copy(dir.path())?;
-        let mut c = self.command(vars.as_deref())?;
+        let mut c = self.command(vars.as_deref(), "stdio")?;
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
