@@ -78,6 +78,17 @@ pub fn run_kiln(mut c: Command) -> Output {
     c.output().expect("run kiln")
 }
 
+/// Runs a host tool that must succeed; returns its stdout and stderr.
+pub fn tool(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let t = text(&o);
+    assert!(o.status.success(), "{cmd} {args:?} failed:\n{t}");
+    t
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",

@@ -8,17 +8,7 @@ use std::process::Command;
 use kiln_tests::{extract_partition, kiln, minimal_image, test_dir, text};
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{cmd} {args:?} failed:\n{t}");
-    t
+    kiln_tests::tool(cmd, args)
 }
 
 #[test]

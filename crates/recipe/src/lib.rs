@@ -415,18 +415,13 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
     let mut cmdline = b.kernel.cmdline.clone();
     cmdline.extend(r.kernel.cmdline.iter().cloned());
     for arg in &cmdline {
-        if arg.is_empty()
-            || arg
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "'\"\\;".contains(c))
-        {
-            bail!(
-                "kernel command-line argument {arg:?} (in {} or {}): each entry is one argument, \
-                 without spaces, quotes, backslashes or semicolons",
+        check_kernel_arg(arg).map_err(|m| {
+            anyhow::anyhow!(
+                "{m} (in {} or {})",
                 board_path.display(),
                 recipe_path.display()
-            );
-        }
+            )
+        })?;
     }
     let mut initramfs_modules = b.kernel.initramfs_modules.clone();
     initramfs_modules.extend(r.kernel.initramfs_modules.iter().cloned());
@@ -577,13 +572,7 @@ fn load_platform(
     }
     let mut all_cmdline = cmdline.to_vec();
     for arg in &f.cmdline {
-        if arg.is_empty()
-            || arg
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "'\"\\;".contains(c))
-        {
-            bail!("{}: kernel argument {arg:?} must be one argument without spaces, quotes, backslashes or semicolons", path.display());
-        }
+        check_kernel_arg(arg).map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
         all_cmdline.push(arg.clone());
     }
     let mut all_modules = modules.to_vec();
@@ -622,6 +611,20 @@ fn load_platform(
         artifact: f.artifact.clone(),
         boot: f.boot.clone(),
     })
+}
+
+/// One kernel command-line argument, as grub.cfg will carry it.
+fn check_kernel_arg(arg: &str) -> std::result::Result<(), String> {
+    if arg.is_empty()
+        || arg
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "'\"\\;".contains(c))
+    {
+        return Err(format!(
+            "kernel argument {arg:?} must be one argument without spaces, quotes, backslashes or semicolons"
+        ));
+    }
+    Ok(())
 }
 
 /// Free text that ends up quoted in generated files (os-release, grub.cfg).
