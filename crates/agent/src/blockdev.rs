@@ -20,12 +20,17 @@ fn read_trim(p: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Size in 512-byte sectors of a block device, by its name in /sys/class/block.
+pub fn sectors(name: &str) -> Result<u64> {
+    read_trim(&Path::new("/sys/class/block").join(name).join("size"))
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("cannot read the size of {name} from sysfs"))
+}
+
 /// The GPT of a whole-disk device.
 pub fn read_gpt(disk: &Path) -> Result<Gpt> {
     let name = disk.file_name().context("bad disk path")?;
-    let sectors: u64 = read_trim(&Path::new("/sys/class/block").join(name).join("size"))
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("cannot read the size of {}", disk.display()))?;
+    let sectors = sectors(&name.to_string_lossy())?;
     let mut f = File::open(disk).with_context(|| format!("cannot open {}", disk.display()))?;
     Ok(Gpt::read(&mut f, sectors * 512)?.gpt)
 }

@@ -54,10 +54,7 @@ pub fn grow(mount_point: &Path) -> Result<String> {
         .context("bad disk path")?
         .to_string_lossy()
         .into_owned();
-    let disk_sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{disk_name}/size"))?
-        .trim()
-        .parse()
-        .context("disk size in sysfs")?;
+    let disk_sectors = blockdev::sectors(&disk_name)?;
     let mut disk = OpenOptions::new()
         .read(true)
         .write(true)
@@ -98,15 +95,13 @@ pub fn grow(mount_point: &Path) -> Result<String> {
     }
 
     // The filesystem: as large as the partition.
-    let part_sectors: u64 = std::fs::read_to_string(format!(
-        "/sys/class/block/{}/size",
-        part.dev
+    let part_sectors = blockdev::sectors(
+        &part
+            .dev
             .file_name()
             .context("bad partition path")?
-            .to_string_lossy()
-    ))?
-    .trim()
-    .parse()?;
+            .to_string_lossy(),
+    )?;
     let (blocks, block_size) = ext4_blocks(&part.dev)?;
     let want = part_sectors * 512 / block_size;
     if want > blocks {

@@ -124,6 +124,8 @@ struct Variant<'a> {
     identity: String,
     oem_id: &'a str,
     oem_tree: &'a Path,
+    /// Content hash of the OEM tree, computed when the recipe was loaded.
+    oem_tree_hash: &'a str,
     layout: &'a kiln_recipe::Layout,
     cmdline: Vec<String>,
     modules: &'a [String],
@@ -142,7 +144,6 @@ struct Shared<'a> {
     grub_dir: &'a Path,
     usr_image: &'a Path,
     tree_key: &'a str,
-    usr_tree: &'a Path,
     root_tree: &'a Path,
     agent_hash: &'a str,
 }
@@ -174,6 +175,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         identity: identity.clone(),
         oem_id: &r.oem.id,
         oem_tree: &r.oem.tree,
+        oem_tree_hash: r.tree_hashes.last().expect("the OEM tree is hashed last"),
         layout: &r.layout,
         cmdline: board_cmdline,
         modules: &r.kernel.initramfs_modules,
@@ -185,6 +187,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             identity: r.platform_identity(p),
             oem_id: &p.oem.id,
             oem_tree: &p.oem.tree,
+            oem_tree_hash: &p.oem_tree_hash,
             layout: &p.layout,
             cmdline: p.cmdline.clone(),
             modules: &p.initramfs_modules,
@@ -333,7 +336,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         grub_dir: &grub_dir,
         usr_image: &usr_dir.join("fs.img"),
         tree_key: &tree_key,
-        usr_tree: &usr_tree,
         root_tree: &root_tree,
         agent_hash: &agent_hash,
     };
@@ -456,7 +458,7 @@ fn build_variant(
     let oem_key = Key::new("oem")
         .add("identity", &v.identity)
         .add("oem", v.oem_id)
-        .add("tree", kiln_recipe::tree::hash_tree(v.oem_tree)?)
+        .add("tree", v.oem_tree_hash)
         .add("size", oem_part.size.0.to_string())
         .add("tools", &sh.versions.e2fsprogs)
         .finish();
@@ -517,7 +519,6 @@ fn build_variant(
         },
     )?;
     reports.push(rep);
-    let _ = sh.usr_tree;
 
     // The ESP: GRUB for UEFI, grub.cfg, slot A's kernel and initramfs.
     let cmdline = kernel_cmdline(v);
