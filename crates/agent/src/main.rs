@@ -5,6 +5,7 @@
 mod blockdev;
 mod grow;
 mod mounts;
+mod slots;
 
 use std::path::Path;
 
@@ -23,23 +24,48 @@ enum Cmd {
     /// Print the /dev path of a partition: PARTUUID=<guid>, PARTLABEL=<gpt name>,
     /// LABEL=<ext4 label> or a /dev path. Exits 1 if it is not (yet) there.
     Find { spec: String },
-    /// Check the running system and print the ready line on stdout:
-    /// `kiln: ready version=.. slot=.. usr=ro|rw root=rw|ro oem=..` and the devices behind them.
-    Ready,
-    /// Print the USR slots of the boot disk with their attributes and the next slot to boot.
+    /// The ready point: check the running system, mark the running slot good, and print the
+    /// ready line on stdout: `kiln: ready version=.. slot=.. usr=ro|rw root=rw|ro oem=..`,
+    /// the devices behind them and the slot the next boot takes.
+    Ready {
+        /// Only report; leave the slot state alone.
+        #[arg(long)]
+        no_mark_good: bool,
+    },
+    /// Print the A/B slot state of the boot disk and the slot the next boot takes.
     Status,
+    /// Mark the running slot good: it booted far enough, so it stays the fallback.
+    MarkGood,
+    /// Update payloads.
+    #[command(subcommand)]
+    Update(UpdateCmd),
     /// Grow the ext4 filesystem mounted at MOUNT_POINT, and its partition if it is the last
     /// one, to the end of its disk (moving the backup GPT there). Does nothing if there is
     /// nothing to grow.
     GrowRoot { mount_point: std::path::PathBuf },
 }
 
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Verify a payload (a file, or a block device holding one) against the keys in
+    /// /usr/share/kiln/update-keys, write it to the passive slot, and mark that slot to be
+    /// tried at the next boot. Nothing is written unless the whole payload verifies.
+    Apply {
+        source: std::path::PathBuf,
+        /// Boots the new slot gets to mark itself good.
+        #[arg(long, default_value_t = 1)]
+        tries: u8,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Find { spec } => blockdev::find(&spec).map(|dev| println!("{}", dev.display())),
-        Cmd::Ready => ready(),
-        Cmd::Status => status(),
+        Cmd::Ready { no_mark_good } => ready(!no_mark_good),
+        Cmd::Status => slots::status(),
+        Cmd::MarkGood => slots::mark_good().map(|_| ()),
+        Cmd::Update(UpdateCmd::Apply { source, tries }) => slots::apply(&source, tries),
         Cmd::GrowRoot { mount_point } => {
             grow::grow(&mount_point).map(|s| println!("kiln-agent: grow-root: {s}"))
         }
@@ -58,7 +84,7 @@ fn os_release_value(key: &str) -> Option<String> {
     })
 }
 
-fn ready() -> Result<()> {
+fn ready(mark_good: bool) -> Result<()> {
     let version = os_release_value("VERSION_ID").unwrap_or_else(|| "unknown".into());
     let mi = mounts::MountInfo::read()?;
     let usr = mi.get("/usr").context("/usr is not a mount point")?;
@@ -88,8 +114,24 @@ fn ready() -> Result<()> {
         .and_then(|m| blockdev::partition_of(m.major, m.minor).ok())
         .map(|p| p.label)
         .unwrap_or_else(|| "none".into());
+    // The ready point is reached: this slot stays the one to fall back to.
+    let next = if mark_good {
+        match slots::mark_good() {
+            Ok(st) => st.next_boot().map(|c| c.slot.to_string()),
+            Err(e) => {
+                eprintln!("kiln-agent: warning: cannot mark the running slot good: {e:#}");
+                None
+            }
+        }
+    } else {
+        slots::state()
+            .ok()
+            .and_then(|(_, st)| st.next_boot())
+            .map(|c| c.slot.to_string())
+    };
+    let next = next.unwrap_or_else(|| "unknown".into());
     println!(
-        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} root-fs-mib={root_mib} oem-partlabel={oem_label}",
+        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} root-fs-mib={root_mib} oem-partlabel={oem_label} next={next}",
         if usr_ro { "ro" } else { "rw" },
         if root_rw { "rw" } else { "ro" },
         usr.fstype,
@@ -110,29 +152,4 @@ fn fs_size_mib(path: &str) -> u64 {
         return 0;
     }
     st.f_blocks as u64 * st.f_frsize as u64 / (1024 * 1024)
-}
-
-fn status() -> Result<()> {
-    let mi = mounts::MountInfo::read()?;
-    let usr = mi.get("/usr").context("/usr is not a mount point")?;
-    let part = blockdev::partition_of(usr.major, usr.minor)?;
-    let gpt = blockdev::read_gpt(&part.disk)?;
-    for slot in [kiln_disk::Slot::A, kiln_disk::Slot::B] {
-        if let Some((n, e)) = gpt
-            .partitions()
-            .find(|(_, e)| e.part_guid == slot.part_guid())
-        {
-            let running = if e.part_guid == part.part_guid {
-                " (running)"
-            } else {
-                ""
-            };
-            println!("{} partition {n} {}{running}", slot.label(), e.attributes);
-        }
-    }
-    match kiln_disk::next_boot(&gpt) {
-        Some(c) => println!("next: {}", c.slot.label()),
-        None => println!("next: none"),
-    }
-    Ok(())
 }

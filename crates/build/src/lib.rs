@@ -22,5 +22,5 @@ pub mod pipeline;
 pub mod report;
 
 pub use cache::CacheDirs;
-pub use pipeline::{build, BuildOptions, BuildOutput};
+pub use pipeline::{build, BuildOptions, BuildOutput, Signing};
 pub use report::StageReport;

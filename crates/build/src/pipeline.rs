@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use kiln_boot::{grub, initramfs, kernel};
-use kiln_disk::{Attributes, PartitionSpec};
+use kiln_disk::{Attributes, PartitionSpec, Slot};
 use kiln_fs::{erofs::Erofs, ext4::Ext4, stage as st, tools, vfat::Vfat};
 use kiln_recipe::{Content, Filesystem, Firmware, Partition, Resolved, SlotName};
 use serde::Serialize;
@@ -26,6 +26,28 @@ pub struct BuildOptions {
     pub rebuild: bool,
     /// Also keep each platform's raw disk as `<recipe>_<platform>_image.raw`.
     pub keep_raw: bool,
+    /// Signs the update payload; its public half is installed in the image. Without one,
+    /// no payload is made and the image trusts no update.
+    pub signing: Option<Signing>,
+}
+
+#[derive(Clone)]
+pub struct Signing {
+    pub key: kiln_update::SigningKey,
+    /// A generated development key: said so in the build's output.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for Signing {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Signing {{ key_id: {}, insecure: {} }}",
+            kiln_update::keys::key_id(&self.key.verifying_key()),
+            self.insecure
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +57,8 @@ pub struct BuildOutput {
     /// Every platform artifact, sidecar and DIGESTS file.
     pub artifacts: Vec<PathBuf>,
     pub image_size: u64,
+    /// The signed update payload, `<recipe>_update.payload`, when a key was given.
+    pub payload: Option<PathBuf>,
     pub kernel_version: String,
     pub stages: Vec<StageReport>,
     pub seconds: f64,
@@ -128,7 +152,6 @@ struct Variant<'a> {
     oem_tree_hash: &'a str,
     layout: &'a kiln_recipe::Layout,
     cmdline: Vec<String>,
-    modules: &'a [String],
     platform: Option<&'a kiln_recipe::platform::Platform>,
 }
 
@@ -143,9 +166,10 @@ struct Shared<'a> {
     grub_key: &'a str,
     grub_dir: &'a Path,
     usr_image: &'a Path,
+    initrd: &'a Path,
+    initramfs_key: &'a str,
     tree_key: &'a str,
     root_tree: &'a Path,
-    agent_hash: &'a str,
 }
 
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
@@ -178,7 +202,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         oem_tree_hash: r.tree_hashes.last().expect("the OEM tree is hashed last"),
         layout: &r.layout,
         cmdline: board_cmdline,
-        modules: &r.kernel.initramfs_modules,
         platform: None,
     }];
     for p in &r.platforms {
@@ -190,7 +213,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             oem_tree_hash: &p.oem_tree_hash,
             layout: &p.layout,
             cmdline: p.cmdline.clone(),
-            modules: &p.initramfs_modules,
             platform: Some(p),
         });
     }
@@ -258,11 +280,16 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         .by_content(Content::Esp)
         .expect("layout checked")
         .number;
+    let update_key_pem = opts
+        .signing
+        .as_ref()
+        .map(|s| kiln_update::keys::public_pem(&s.key.verifying_key()));
     let tree_key = Key::new("tree")
         .add("packages", &packages_key)
         .add("kernel", &kernel_key)
         .add("agent", &agent_hash)
         .add("identity", &identity)
+        .add("update-key", update_key_pem.as_deref().unwrap_or("none"))
         .finish();
     let usr_key = Key::new("usr")
         .add("tree", &tree_key)
@@ -297,6 +324,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             &packages_dir.join("root"),
             &kst,
             &opts.agent,
+            opts.signing.as_ref(),
             work.path(),
         )?
     } else {
@@ -309,21 +337,108 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         tool_peak_rss_kib: 0,
     });
 
-    let (usr, grub_imgs) = std::thread::scope(|s| {
+    // One initramfs for the board, with the modules of every platform built: a slot's
+    // kernel and initramfs travel in the update payload, which serves every platform.
+    let mut modules: Vec<String> = Vec::new();
+    for m in r
+        .kernel
+        .initramfs_modules
+        .iter()
+        .chain(r.platforms.iter().flat_map(|p| &p.initramfs_modules))
+    {
+        // First mention wins: the order is the load order of unrelated drivers.
+        if !modules.contains(m) {
+            modules.push(m.clone());
+        }
+    }
+    let oem_spec = format!(
+        "PARTLABEL={}",
+        r.layout
+            .by_content(Content::Oem)
+            .expect("layout checked")
+            .label
+    );
+    let initramfs_key = Key::new("initramfs")
+        .add("kernel", &kernel_key)
+        .add("agent", &agent_hash)
+        .add("modules", modules.join(" "))
+        .add("usr-fs", r.usr_filesystem.as_str())
+        .add("oem", &oem_spec)
+        .add("init", initramfs::INIT_SCRIPT)
+        .add("epoch", epoch.to_string())
+        .finish();
+
+    let (usr, grub_imgs, initrd) = std::thread::scope(|s| {
         let g = s.spawn(|| {
             cache.stage("grub", &grub_key, opts.rebuild, |out| {
                 grub_stage(r, esp_number, out)
             })
         });
+        let i = s.spawn(|| {
+            cache.stage("initramfs", &initramfs_key, opts.rebuild, |out| {
+                initramfs::build(
+                    &initramfs::Inputs {
+                        kernel: &kst.tree(),
+                        busybox: &kst.dir.join("busybox"),
+                        agent: &opts.agent,
+                        modules: &modules,
+                        usr_fstype: r.usr_filesystem.as_str(),
+                        oem_spec: &oem_spec,
+                        epoch,
+                    },
+                    &out.join("initrd.img"),
+                )
+                .map(|_| ())
+            })
+        });
         let u = cache.stage("usr", &usr_key, opts.rebuild, |out| {
             usr_stage(r, usr_part, &identity, &usr_tree, out)
         });
-        (u, g.join().expect("grub thread"))
+        (
+            u,
+            g.join().expect("grub thread"),
+            i.join().expect("initramfs thread"),
+        )
     });
     let (usr_dir, rep) = usr?;
     reports.push(rep);
     let (grub_dir, rep) = grub_imgs?;
     reports.push(rep);
+    let (initrd_dir, rep) = initrd?;
+    reports.push(rep);
+
+    // The update payload: this build's USR, kernel and initramfs, signed.
+    let payload = match &opts.signing {
+        None => {
+            tracing::warn!("no signing key: no update payload is made, and the image trusts no update (give --signing-key FILE, or --dev-key for an insecure development key)");
+            None
+        }
+        Some(sig) => {
+            let payload_key = Key::new("payload")
+                .add("usr", &usr_key)
+                .add("kernel", &kernel_key)
+                .add("initramfs", &initramfs_key)
+                .add("os", serde_json::to_string(&r.os)?)
+                .add("board", &r.board.name)
+                .add("epoch", epoch.to_string())
+                .add("key", update_key_pem.as_deref().unwrap_or(""))
+                .add("format", kiln_update::payload::FORMAT_VERSION.to_string())
+                .finish();
+            let (dir, rep) = cache.stage("payload", &payload_key, opts.rebuild, |out| {
+                payload_stage(
+                    r,
+                    sig,
+                    &usr_dir.join("fs.img"),
+                    &kst,
+                    &initrd_dir.join("initrd.img"),
+                    &cache.root.join("xz-chunks"),
+                    &out.join("update.payload"),
+                )
+            })?;
+            reports.push(rep);
+            Some(dir.join("update.payload"))
+        }
+    };
 
     let shared = Shared {
         r,
@@ -335,9 +450,10 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         grub_key: &grub_key,
         grub_dir: &grub_dir,
         usr_image: &usr_dir.join("fs.img"),
+        initrd: &initrd_dir.join("initrd.img"),
+        initramfs_key: &initramfs_key,
         tree_key: &tree_key,
         root_tree: &root_tree,
-        agent_hash: &agent_hash,
     };
     // Every image in parallel: the board image and each platform's. They are written into a
     // staging directory beside the outputs and moved into place only when all succeeded, so a
@@ -391,6 +507,15 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             staged.push((f, dest));
         }
     }
+    let mut payload_out = None;
+    if let Some(p) = &payload {
+        let dest = opts.output_dir.join(format!("{}_update.payload", r.name));
+        let tmp = staging.join("update.payload");
+        std::fs::copy(p, &tmp)
+            .with_context(|| format!("cannot copy the payload to {}", tmp.display()))?;
+        staged.push((tmp, dest.clone()));
+        payload_out = Some(dest);
+    }
     for (from, to) in &staged {
         std::fs::rename(from, to)
             .with_context(|| format!("cannot move {} into place", to.display()))?;
@@ -402,6 +527,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         image_size: std::fs::metadata(&image)?.len(),
         image,
         artifacts,
+        payload: payload_out,
         kernel_version: kver,
         stages: reports,
         seconds: started.elapsed().as_secs_f64(),
@@ -453,7 +579,6 @@ fn build_variant(
     let root_part = v.layout.by_content(Content::Root).expect("layout checked");
     let usr_part = v.layout.slot(SlotName::A).expect("layout checked");
     let esp_part = v.layout.by_content(Content::Esp).expect("layout checked");
-    let oem_spec = format!("PARTLABEL={}", oem_part.label);
 
     let oem_key = Key::new("oem")
         .add("identity", &v.identity)
@@ -465,40 +590,6 @@ fn build_variant(
     let (oem_dir, rep) = cache.stage(&tag("oem"), &oem_key, opts.rebuild, |out| {
         oem_stage(v, oem_part, epoch, out)
     })?;
-    reports.push(rep);
-
-    // First mention wins: the order is the load order of unrelated drivers.
-    let mut modules: Vec<String> = Vec::new();
-    for m in v.modules {
-        if !modules.contains(m) {
-            modules.push(m.clone());
-        }
-    }
-    let initramfs_key = Key::new("initramfs")
-        .add("kernel", sh.kernel_key)
-        .add("agent", sh.agent_hash)
-        .add("modules", modules.join(" "))
-        .add("usr-fs", r.usr_filesystem.as_str())
-        .add("oem", &oem_spec)
-        .add("init", initramfs::INIT_SCRIPT)
-        .add("epoch", epoch.to_string())
-        .finish();
-    let (initrd_dir, rep) =
-        cache.stage(&tag("initramfs"), &initramfs_key, opts.rebuild, |out| {
-            initramfs::build(
-                &initramfs::Inputs {
-                    kernel: &sh.kst.tree(),
-                    busybox: &sh.kst.dir.join("busybox"),
-                    agent: &opts.agent,
-                    modules: &modules,
-                    usr_fstype: r.usr_filesystem.as_str(),
-                    oem_spec: &oem_spec,
-                    epoch,
-                },
-                &out.join("initrd.img"),
-            )
-            .map(|_| ())
-        })?;
     reports.push(rep);
 
     let (root_dir, rep) = cache.stage(
@@ -520,33 +611,50 @@ fn build_variant(
     )?;
     reports.push(rep);
 
-    // The ESP: GRUB for UEFI, grub.cfg, slot A's kernel and initramfs.
-    let cmdline = kernel_cmdline(v);
+    // The ESP: GRUB for UEFI, grub.cfg, the slot state, slot A's kernel and initramfs.
+    let slots_env = initial_state(r, v)?.to_env()?;
+    let cfg = grub::config(
+        &kiln_update::state::grub_script(
+            &[SlotName::A, SlotName::B]
+                .iter()
+                .map(|&s| {
+                    Ok(kiln_update::state::GrubEntry {
+                        slot: slot_of(s),
+                        title: r.os.name.clone(),
+                        cmdline: kernel_cmdline(v, s)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        r.board.grub.timeout,
+    );
     let esp_key = Key::new("esp")
         .add("kernel", sh.kernel_key)
-        .add("initramfs", &initramfs_key)
+        .add("initramfs", sh.initramfs_key)
         .add("grub", sh.grub_key)
-        .add("cmdline", &cmdline)
+        .add("state", &slots_env)
+        .add("grub.cfg", &cfg)
         .add("identity", &v.identity)
         .add("size", esp_part.size.0.to_string())
         .add("tools", &sh.versions.vfat)
         .finish();
     let (esp_dir, rep) = cache.stage(&tag("esp"), &esp_key, opts.rebuild, |out| {
-        let cfg = grub::config(
-            &[grub::MenuEntry {
-                id: "usr-a".into(),
-                title: format!("{} {} (USR-A)", r.os.name, r.os.version),
-                kernel: "/kiln/vmlinuz-a".into(),
-                initrd: "/kiln/initrd-a".into(),
-                cmdline: cmdline.clone(),
-            }],
-            r.board.grub.timeout,
-        );
-        std::fs::write(out.join("grub.cfg"), cfg)?;
+        std::fs::write(out.join("grub.cfg"), &cfg)?;
+        std::fs::write(out.join("slots.env"), &slots_env)?;
         let mut files = vec![
             ("/grub/grub.cfg".to_string(), out.join("grub.cfg")),
-            ("/kiln/vmlinuz-a".to_string(), sh.kst.dir.join("vmlinuz")),
-            ("/kiln/initrd-a".to_string(), initrd_dir.join("initrd.img")),
+            (
+                format!("/{}", kiln_update::state::ENV_PATH),
+                out.join("slots.env"),
+            ),
+            (
+                format!("/{}", kiln_update::state::kernel_path(Slot::A)),
+                sh.kst.dir.join("vmlinuz"),
+            ),
+            (
+                format!("/{}", kiln_update::state::initrd_path(Slot::A)),
+                sh.initrd.to_path_buf(),
+            ),
         ];
         if let (true, Some(bin)) = (r.has_firmware(Firmware::Uefi), &r.board.grub.efi_binary) {
             files.push((format!("/EFI/BOOT/{bin}"), sh.grub_dir.join("grub.efi")));
@@ -620,12 +728,48 @@ fn build_variant(
     Ok((reports, files))
 }
 
-fn kernel_cmdline(v: &Variant) -> String {
+fn slot_of(s: SlotName) -> Slot {
+    match s {
+        SlotName::A => Slot::A,
+        SlotName::B => Slot::B,
+    }
+}
+
+/// The state a new image starts in: the slots as the layout declares them (by default A
+/// priority 1 and successful, B empty), with this build's version in A.
+fn initial_state(r: &Resolved, v: &Variant) -> Result<kiln_update::state::SlotState> {
+    let fields = |s: SlotName| -> Result<kiln_update::state::SlotFields> {
+        let p = v
+            .layout
+            .slot(s)
+            .with_context(|| format!("the layout has no USR-{s:?} slot"))?;
+        Ok(kiln_update::state::SlotFields {
+            priority: p.priority,
+            tries: p.tries,
+            successful: p.successful,
+            version: if s == SlotName::A {
+                r.os.version.clone()
+            } else {
+                String::new()
+            },
+        })
+    };
+    let st = kiln_update::state::SlotState {
+        board: r.board.name.clone(),
+        a: fields(SlotName::A)?,
+        b: fields(SlotName::B)?,
+    };
+    st.to_env()
+        .context("the initial slot state cannot be written")?;
+    Ok(st)
+}
+
+fn kernel_cmdline(v: &Variant, slot: SlotName) -> Result<String> {
     let usr = v
         .layout
-        .slot(SlotName::A)
+        .slot(slot)
         .and_then(|p| p.uuid)
-        .expect("checked");
+        .with_context(|| format!("the layout's USR-{slot:?} has no fixed partition GUID"))?;
     let root = v.layout.by_content(Content::Root).expect("checked");
     let mut args = vec![
         format!("mount.usr=PARTUUID={usr}"),
@@ -634,7 +778,7 @@ fn kernel_cmdline(v: &Variant) -> String {
     ];
     args.extend(v.cmdline.iter().cloned());
     args.push(format!("kiln.oem.id={}", v.oem_id));
-    args.join(" ")
+    Ok(args.join(" "))
 }
 
 fn plan_disk(v: &Variant, r: &Resolved) -> Result<kiln_disk::DiskPlan> {
@@ -651,8 +795,8 @@ fn plan_disk(v: &Variant, r: &Resolved) -> Result<kiln_disk::DiskPlan> {
                     .uuid
                     .unwrap_or_else(|| ids::derive(&v.identity, &format!("part-{}", p.label))),
                 size_bytes: p.size.0,
-                attributes: Attributes::slot(p.priority, p.tries, p.successful)
-                    .map_err(|e| anyhow::anyhow!("partition {}: {e}", p.label))?,
+                // The slot state lives in /kiln/slots.env on the ESP, not in these bits.
+                attributes: Attributes::default(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -728,6 +872,44 @@ fn kernel_stage(r: &Resolved, debs: &Path, epoch: i64, out: &Path) -> Result<()>
     std::fs::write(out.join("version"), format!("{}\n", k.version))?;
     std::fs::remove_dir_all(&tree)?;
     st::normalize_times(out, epoch)
+}
+
+const PAYLOAD_XZ_LEVEL: u32 = 1;
+
+/// Signs this build's USR image, kernel and initramfs into an update payload.
+fn payload_stage(
+    r: &Resolved,
+    sig: &Signing,
+    usr: &Path,
+    k: &KernelStage,
+    initrd: &Path,
+    xz_chunks: &Path,
+    out: &Path,
+) -> Result<()> {
+    use kiln_update::payload::{self, Meta, SectionName};
+    let meta = Meta {
+        os_id: r.os.id.clone(),
+        os_name: r.os.name.clone(),
+        version: r.os.version.clone(),
+        board: r.board.name.clone(),
+        arch: r.board.debian_arch.clone(),
+        created: r.source_date_epoch,
+    };
+    let vmlinuz = k.dir.join("vmlinuz");
+    let sections = [
+        (SectionName::Usr, usr, r.usr_filesystem.as_str().to_string()),
+        (SectionName::Kernel, vmlinuz.as_path(), k.version.clone()),
+        (SectionName::Initramfs, initrd, String::new()),
+    ];
+    // The chunked, cached compressor of the xz artifacts: unchanged 16 MiB chunks of a USR
+    // image come from the cache. Level 1: on the erofs (lz4) USR of the minimal recipe it
+    // measured 146 MB in 22 s against 131 MB in 92 s at level 6 (2 cores), and xz
+    // decompresses both at the same speed.
+    let compress = |raw: &Path, xz: &Path| -> Result<()> {
+        kiln_formats::xz_compress(raw, xz, 0, PAYLOAD_XZ_LEVEL, Some(xz_chunks))
+    };
+    payload::create(out, &meta, &sections, &sig.key, &compress)?;
+    Ok(())
 }
 
 fn grub_stage(r: &Resolved, esp_number: u32, out: &Path) -> Result<()> {
@@ -825,6 +1007,7 @@ fn assemble_tree(
     packages: &Path,
     k: &KernelStage,
     agent: &Path,
+    signing: Option<&Signing>,
     work: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
     let image = work.join("image");
@@ -855,6 +1038,17 @@ fn assemble_tree(
         &std::fs::read(agent)?,
         0o755,
     )?;
+    // The key updates must be signed with; the agent trusts every key in this directory.
+    if let Some(sig) = signing {
+        let public = sig.key.verifying_key();
+        st::write_file_in(
+            &image,
+            &Path::new(kiln_update::TRUSTED_KEYS_DIR)
+                .join(format!("{}.pub", kiln_update::keys::key_id(&public))),
+            kiln_update::keys::public_pem(&public).as_bytes(),
+            0o644,
+        )?;
+    }
     let os_release = format!(
         "NAME=\"{}\"\nID={}\nVERSION=\"{}\"\nVERSION_ID={}\nPRETTY_NAME=\"{} {}\"\nKILN_BOARD={}\nKILN_RECIPE={}\nKILN_RECIPE_HASH={}\n",
         r.os.name,

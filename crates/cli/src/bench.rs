@@ -61,6 +61,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             agent: agent.clone(),
             rebuild: false,
             keep_raw: false,
+            signing: None,
         })
     };
     eprintln!("kiln bench: {} in {}", recipe.display(), tmp.display());
@@ -149,6 +150,7 @@ fn bench_platforms(
                 agent: agent.to_path_buf(),
                 rebuild: false,
                 keep_raw: false,
+                signing: None,
             },
         )
         .with_context(|| format!("{name} build"))?;

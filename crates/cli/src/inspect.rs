@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use kiln_disk::{next_boot, type_name, Gpt};
+use kiln_disk::{type_name, Gpt};
+use kiln_update::state::{Choice, SlotState};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -15,7 +16,9 @@ struct Report {
     disk_guid: String,
     read_from: String,
     partitions: Vec<Part>,
-    next_boot: Option<Next>,
+    /// The A/B state from /kiln/slots.env on the ESP; absent on a disk that is not kiln's.
+    slots: Option<SlotState>,
+    next_boot: Option<Choice>,
 }
 
 #[derive(Serialize)]
@@ -28,23 +31,8 @@ struct Part {
     start_lba: u64,
     start_bytes: u64,
     size_bytes: u64,
-    attributes: Attrs,
-}
-
-#[derive(Serialize)]
-struct Attrs {
-    raw: String,
-    priority: u8,
-    tries: u8,
-    successful: bool,
-}
-
-#[derive(Serialize)]
-struct Next {
-    slot: String,
-    label: String,
-    partition: u32,
-    consumes_try: bool,
+    /// The GPT attribute bits (kiln keeps no slot state here).
+    attributes: String,
 }
 
 fn size(b: u64) -> String {
@@ -83,20 +71,36 @@ fn gpt_sectors_of(image: &Path, format: &str, dir: &Path) -> Result<PathBuf> {
     f.set_len(size)?;
     // qemu-img dd counts `count` from the start of the image, skipped blocks included.
     for (skip, count) in [(0, 34), (sectors - 33, sectors)] {
-        let part = dir.join(format!("part-{skip}.raw"));
-        kiln_fs::cmd::run(
-            std::process::Command::new(&qemu_img)
-                .args(["dd", "-f", format, "-O", "raw", "bs=512"])
-                .arg(format!("skip={skip}"))
-                .arg(format!("count={count}"))
-                .arg(format!("if={}", image.display()))
-                .arg(format!("of={}", part.display())),
-        )?;
-        let data = std::fs::read(&part)?;
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(&data, skip * 512)?;
+        copy_sectors(image, format, &f, skip, count, dir)?;
     }
     Ok(out)
+}
+
+/// Copies sectors `skip..count` of a qcow2/vmdk/vhd image to the same place in `to`.
+fn copy_sectors(
+    image: &Path,
+    format: &str,
+    to: &std::fs::File,
+    skip: u64,
+    count: u64,
+    dir: &Path,
+) -> Result<()> {
+    let qemu_img = kiln_fs::tools::require("qemu-img")?;
+    let part = dir.join(format!("part-{skip}.raw"));
+    // qemu-img dd counts `count` from the start of the image, skipped blocks included.
+    kiln_fs::cmd::run(
+        std::process::Command::new(&qemu_img)
+            .args(["dd", "-f", format, "-O", "raw", "bs=512"])
+            .arg(format!("skip={skip}"))
+            .arg(format!("count={count}"))
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", part.display())),
+    )?;
+    let data = std::fs::read(&part)?;
+    use std::os::unix::fs::FileExt;
+    to.write_all_at(&data, skip * 512)?;
+    std::fs::remove_file(&part)?;
+    Ok(())
 }
 
 pub fn inspect(image: &Path, json: bool) -> Result<()> {
@@ -127,20 +131,29 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
             start_lba: e.first_lba,
             start_bytes: e.first_lba * 512,
             size_bytes: e.sectors() * 512,
-            attributes: Attrs {
-                raw: format!("{:#018x}", e.attributes.0),
-                priority: e.attributes.priority(),
-                tries: e.attributes.tries(),
-                successful: e.attributes.successful(),
-            },
+            attributes: format!("{:#018x}", e.attributes.0),
         })
         .collect();
-    let next = next_boot(gpt).map(|c| Next {
-        slot: c.slot.to_string(),
-        label: c.slot.label().to_string(),
-        partition: c.number,
-        consumes_try: c.consumes_try,
-    });
+    // The slot state: on the ESP, which for a non-raw image is copied out next to the GPT.
+    let esp = gpt
+        .partitions()
+        .find(|(_, e)| type_name(&e.type_guid) == Some("efi-system"));
+    if let (Some((_, e)), true) = (esp, source != image) {
+        copy_sectors(
+            image,
+            format,
+            &std::fs::OpenOptions::new().write(true).open(&source)?,
+            e.first_lba,
+            e.last_lba + 1,
+            tmp.path(),
+        )?;
+    }
+    let (slots, slots_error) =
+        match kiln_update::apply::Disk::open(&source, false).and_then(|d| d.state()) {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+    let next = slots.as_ref().and_then(|s| s.next_boot());
     let report = Report {
         format: if format == "vpc" { "vhd" } else { format }.to_string(),
         image: image.display().to_string(),
@@ -148,6 +161,7 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         disk_guid: gpt.disk_guid.to_string(),
         read_from: read.source.to_string(),
         partitions: parts,
+        slots,
         next_boot: next,
     };
     if json {
@@ -171,16 +185,10 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         "#", "label", "type", "partition GUID", "start LBA", "size"
     );
     for p in &report.partitions {
-        let a = &p.attributes;
-        let attrs = if p.type_name == "coreos-usr" || a.raw != "0x0000000000000000" {
-            format!(
-                "priority={} tries={} successful={}",
-                a.priority,
-                a.tries,
-                u8::from(a.successful)
-            )
+        let attrs = if p.attributes == "0x0000000000000000" {
+            "-"
         } else {
-            "-".to_string()
+            &p.attributes
         };
         println!(
             "{:>3}  {:<12} {:<16} {:<36} {:>10} {:>9}  {}",
@@ -193,19 +201,10 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
             attrs
         );
     }
-    match &report.next_boot {
-        Some(n) => println!(
-            "next boot: slot {} ({}, partition {}){}",
-            n.slot,
-            n.label,
-            n.partition,
-            if n.consumes_try {
-                ", using one try"
-            } else {
-                ""
-            }
-        ),
-        None => println!("next boot: no bootable USR slot"),
+    match (&report.slots, slots_error) {
+        (Some(st), _) => print!("slot state (/{}):\n{st}", kiln_update::state::ENV_PATH),
+        (None, Some(e)) => println!("no A/B slot state: {e}"),
+        (None, None) => {}
     }
     Ok(())
 }

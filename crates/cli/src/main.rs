@@ -3,6 +3,7 @@
 mod bench;
 mod inspect;
 mod run;
+mod update;
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,8 @@ enum Cmd {
         #[arg(long, value_name = "NAMES")]
         platform: Option<kiln_recipe::PlatformSelection>,
         #[command(flatten)]
+        signing: update::SigningArgs,
+        #[command(flatten)]
         recipe_args: RecipeArgs,
     },
     /// Check a recipe, its board profile, layout and every file they refer to, without building.
@@ -72,7 +75,7 @@ enum Cmd {
         #[command(flatten)]
         recipe_args: RecipeArgs,
     },
-    /// Print an image's partition table, slot attributes and the slot that would boot next.
+    /// Print an image's partition table, its A/B slot state and the slot that would boot next.
     Inspect {
         image: PathBuf,
         /// Machine-readable output.
@@ -87,6 +90,15 @@ enum Cmd {
     /// Benchmark a build: cold (empty caches), warm (packages cached) and fully cached, with
     /// the time and peak memory of every stage.
     Bench(bench::BenchArgs),
+    /// Signing keys for update payloads.
+    #[command(subcommand)]
+    Key(update::KeyCmd),
+    /// The A/B slot state of an image file (raw or qcow2).
+    #[command(subcommand)]
+    Slot(update::SlotCmd),
+    /// Update payloads: apply one to an image file, make one, show one.
+    #[command(subcommand)]
+    Update(update::UpdateCmd),
 }
 
 fn main() {
@@ -127,6 +139,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             json,
             keep_raw,
             platform,
+            signing,
             recipe_args,
         } => {
             let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
@@ -135,6 +148,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             let cache = kiln_build::CacheDirs::new(
                 cache_dir.unwrap_or_else(kiln_build::CacheDirs::default_root),
             )?;
+            let signing = signing.resolve(&cache.root)?;
             let out = kiln_build::build(
                 &resolved,
                 &kiln_build::BuildOptions {
@@ -143,6 +157,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     agent,
                     rebuild,
                     keep_raw,
+                    signing,
                 },
             )?;
             if json {
@@ -164,6 +179,10 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 println!("{}", out.image.display());
                 for a in &out.artifacts {
                     println!("{}", a.display());
+                }
+                match &out.payload {
+                    Some(p) => println!("{}", p.display()),
+                    None => eprintln!("no update payload: no signing key (give --signing-key FILE, or --dev-key for an insecure development key)"),
                 }
                 eprintln!(
                     "built {} ({} MiB, kernel {}) in {:.1} s",
@@ -198,6 +217,9 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Inspect { image, json } => inspect::inspect(&image, json).map(|_| 0),
         Cmd::Run(args) => run::run(args),
         Cmd::Bench(args) => bench::bench(args),
+        Cmd::Key(c) => update::key(c),
+        Cmd::Slot(c) => update::slot(c),
+        Cmd::Update(c) => update::update(c),
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`gpt`]: encode/decode a GUID Partition Table (protective MBR, primary
 //!   and backup headers and entry arrays, CRC32s) on 512-byte sectors.
 //! - [`attrs`]: the ChromeOS/CoreOS priority/tries/successful attribute bits.
-//! - [`slot`]: which USR slot (A/B) the bootloader picks next.
+//! - [`slot`]: the USR A/B slots' fixed partition GUIDs.
 //! - [`plan`]: turn partition specs into aligned LBAs and a disk size.
 //! - [`sparse`]: copy partition contents into an image without writing holes.
 //! - [`types`]: well-known partition type GUIDs and their names.
@@ -23,6 +23,6 @@ pub mod types;
 pub use attrs::{AttrError, Attributes};
 pub use gpt::{Gpt, HeaderCopy, PartitionEntry, ReadGpt, SECTOR_SIZE};
 pub use plan::{plan, DiskPlan, PartitionSpec, PlannedPartition};
-pub use slot::{next_boot, Slot, SlotChoice, ROOT_C_GUID, USR_A_GUID, USR_B_GUID};
+pub use slot::{Slot, ROOT_C_GUID, USR_A_GUID, USR_B_GUID};
 pub use sparse::copy_sparse;
 pub use types::{type_by_name, type_name, PartitionType, KNOWN_TYPES};

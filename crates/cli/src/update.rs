@@ -1,0 +1,420 @@
+//! `kiln key`, `kiln slot` and `kiln update`: signing keys, the A/B state of image files, and
+//! update payloads, for release engineers and tests. Raw images are changed in place (the
+//! A/B protocol keeps every step safe to interrupt); qcow2 images go through a raw copy
+//! that replaces the original by rename only when the whole operation succeeded.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use kiln_update::apply::{self, Disk};
+use kiln_update::payload::{self, Meta, SectionName};
+use kiln_update::state::{self, Slot};
+use kiln_update::{keys, SigningKey, VerifyingKey};
+
+#[derive(Args, Clone, Default)]
+pub struct SigningArgs {
+    /// Ed25519 key (PKCS#8 PEM, mode 0600) that signs the update payload; its public half is
+    /// installed in the image as the key updates must carry [env: KILN_SIGNING_KEY]
+    #[arg(long, value_name = "FILE", env = "KILN_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Sign with kiln's INSECURE development key, generated once into the cache directory.
+    /// For development and tests only: anyone with the cache can sign updates.
+    #[arg(long, conflicts_with = "signing_key")]
+    pub dev_key: bool,
+}
+
+impl SigningArgs {
+    pub fn resolve(&self, cache: &Path) -> Result<Option<kiln_build::Signing>> {
+        if let Some(p) = &self.signing_key {
+            let key = keys::load_signing_key(p)?;
+            eprintln!(
+                "signing the update payload with {} (key id {})",
+                p.display(),
+                keys::key_id(&key.verifying_key())
+            );
+            return Ok(Some(kiln_build::Signing {
+                key,
+                insecure: false,
+            }));
+        }
+        if !self.dev_key {
+            return Ok(None);
+        }
+        let dir = cache.join("keys");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("INSECURE-kiln-development-key.pem");
+        let key = if path.exists() {
+            keys::load_signing_key(&path)?
+        } else {
+            keys::generate_signing_key(&path)?
+        };
+        // Beside it, the public key tests and `kiln update apply --key` need.
+        let public = PathBuf::from(format!("{}.pub", path.display()));
+        if !public.exists() {
+            kiln_formats::write_file_atomic(
+                &public,
+                keys::public_pem(&key.verifying_key()).as_bytes(),
+                0o644,
+            )?;
+        }
+        eprintln!(
+            "warning: signing with the INSECURE development key {} (key id {}): images built so trust updates signed by anyone who has this cache",
+            path.display(),
+            keys::key_id(&key.verifying_key())
+        );
+        Ok(Some(kiln_build::Signing {
+            key,
+            insecure: true,
+        }))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Generate an Ed25519 signing key (PKCS#8 PEM, mode 0600) and its public key (FILE.pub).
+    Generate { file: PathBuf },
+    /// Print the public key (SPKI PEM) of a signing key.
+    Public { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum SlotCmd {
+    /// The A/B state of an image: each slot's priority, tries, success and version, and the
+    /// slot the next boot takes.
+    Status {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a slot the one tried at the next boot, with N tries to mark itself good.
+    SetNext {
+        image: PathBuf,
+        #[arg(value_parser = parse_slot)]
+        slot: Slot,
+        #[arg(long, default_value_t = 1)]
+        tries: u8,
+    },
+    /// Mark a slot good (successful, no tries left) [default: the slot the next boot takes].
+    MarkGood {
+        image: PathBuf,
+        #[arg(value_parser = parse_slot)]
+        slot: Option<Slot>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UpdateCmd {
+    /// Apply a signed payload to the passive slot of an image (the slot the next boot does
+    /// not take), then mark it to be tried at the next boot.
+    Apply {
+        image: PathBuf,
+        payload: PathBuf,
+        /// Public key (SPKI PEM) the payload must be signed with; repeat for several
+        /// [env: KILN_UPDATE_KEY]
+        #[arg(
+            long = "key",
+            value_name = "FILE",
+            env = "KILN_UPDATE_KEY",
+            required = true
+        )]
+        keys: Vec<PathBuf>,
+        /// Boots the new slot gets to mark itself good.
+        #[arg(long, default_value_t = 1)]
+        tries: u8,
+    },
+    /// Make a payload from a USR image, a kernel and an initramfs (as `kiln build` does).
+    Create {
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        usr: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        kernel: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        initramfs: PathBuf,
+        #[arg(long)]
+        board: String,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        #[arg(long = "os-version")]
+        version: String,
+        #[arg(long = "os-id", default_value = "kiln")]
+        os_id: String,
+        #[arg(long = "os-name", default_value = "Kiln")]
+        os_name: String,
+        /// Seconds since 1970 recorded as the payload's creation time [env: SOURCE_DATE_EPOCH]
+        #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 315532800)]
+        created: i64,
+        /// Signing key (PKCS#8 PEM, mode 0600) [env: KILN_SIGNING_KEY]
+        #[arg(long, value_name = "FILE", env = "KILN_SIGNING_KEY")]
+        signing_key: PathBuf,
+    },
+    /// Print a payload's header; with --key, also verify its signature and every byte.
+    Show {
+        payload: PathBuf,
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+    },
+}
+
+fn parse_slot(s: &str) -> Result<Slot> {
+    state::parse_slot(s)
+}
+
+pub fn key(cmd: KeyCmd) -> Result<i32> {
+    match cmd {
+        KeyCmd::Generate { file } => {
+            let k = keys::generate_signing_key(&file)?;
+            let public = keys::public_pem(&k.verifying_key());
+            let pub_path = PathBuf::from(format!("{}.pub", file.display()));
+            kiln_formats::write_file_atomic(&pub_path, public.as_bytes(), 0o644)?;
+            println!(
+                "{} (key id {}), public key {}",
+                file.display(),
+                keys::key_id(&k.verifying_key()),
+                pub_path.display()
+            );
+            Ok(0)
+        }
+        KeyCmd::Public { file } => {
+            let k = keys::load_signing_key(&file)?;
+            print!("{}", keys::public_pem(&k.verifying_key()));
+            Ok(0)
+        }
+    }
+}
+
+pub fn slot(cmd: SlotCmd) -> Result<i32> {
+    match cmd {
+        SlotCmd::Status { image, json } => {
+            let img = Image::open(&image, false)?;
+            let st = Disk::open(&img.raw, false)?.state()?;
+            if json {
+                let v = serde_json::json!({
+                    "image": image.display().to_string(),
+                    "state": st,
+                    "next_boot": st.next_boot(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{st}");
+            }
+            img.finish(false)?;
+        }
+        SlotCmd::SetNext { image, slot, tries } => {
+            let img = Image::open(&image, true)?;
+            let st = Disk::open(&img.raw, true)?.set_next(slot, tries)?;
+            img.finish(true)?;
+            print!("{st}");
+        }
+        SlotCmd::MarkGood { image, slot } => {
+            let img = Image::open(&image, true)?;
+            let disk = Disk::open(&img.raw, true)?;
+            let mut st = disk.state()?;
+            let slot = match slot {
+                Some(s) => s,
+                None => {
+                    st.next_boot()
+                        .context("no slot is bootable; name the slot to mark good")?
+                        .slot
+                }
+            };
+            let changed = st.mark_good(slot)?;
+            if changed {
+                disk.write_state(&st)?;
+            }
+            img.finish(changed)?;
+            print!("{st}");
+        }
+    }
+    Ok(0)
+}
+
+fn trusted(paths: &[PathBuf]) -> Result<Vec<VerifyingKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the public key {}", p.display()))?;
+            keys::parse_public_pem(&text, &p.display().to_string())
+        })
+        .collect()
+}
+
+pub fn update(cmd: UpdateCmd) -> Result<i32> {
+    match cmd {
+        UpdateCmd::Apply {
+            image,
+            payload: pfile,
+            keys: key_files,
+            tries,
+        } => {
+            let trusted = trusted(&key_files)?;
+            let mut src = File::open(&pfile)
+                .with_context(|| format!("cannot open the payload {}", pfile.display()))?;
+            let img = Image::open(&image, true)?;
+            let disk = Disk::open(&img.raw, true)?;
+            let active = disk
+                .state()?
+                .next_boot()
+                .context("no slot of this image is bootable, so none can be kept as the fallback: mark one good first")?
+                .slot;
+            let applied = apply::apply(&disk, &mut src, &trusted, active, tries, &mut |m| {
+                eprintln!("{m}")
+            })?;
+            drop(disk);
+            img.finish(true)?;
+            println!(
+                "applied {} {} to USR-{} of {}",
+                applied.header.os_name,
+                applied.header.version,
+                applied.slot,
+                image.display()
+            );
+            print!("{}", applied.state);
+        }
+        UpdateCmd::Create {
+            output,
+            usr,
+            kernel,
+            initramfs,
+            board,
+            arch,
+            version,
+            os_id,
+            os_name,
+            created,
+            signing_key,
+        } => {
+            let key: SigningKey = keys::load_signing_key(&signing_key)?;
+            let meta = Meta {
+                os_id,
+                os_name,
+                version,
+                board,
+                arch,
+                created,
+            };
+            let sections = [
+                (SectionName::Usr, usr.as_path(), String::new()),
+                (SectionName::Kernel, kernel.as_path(), String::new()),
+                (SectionName::Initramfs, initramfs.as_path(), String::new()),
+            ];
+            let h = payload::create(&output, &meta, &sections, &key, &payload::xz_compress(1, 0))?;
+            println!(
+                "{}: {} {} for {}, {} bytes compressed",
+                output.display(),
+                h.os_name,
+                h.version,
+                h.board,
+                h.body_size
+            );
+        }
+        UpdateCmd::Show {
+            payload: pfile,
+            keys: key_files,
+        } => {
+            if key_files.is_empty() {
+                let h = payload::read_header_unverified(&pfile)?;
+                println!("{}", serde_json::to_string_pretty(&h)?);
+                eprintln!("(not verified: give --key FILE to check the signature and the body)");
+            } else {
+                let trusted = trusted(&key_files)?;
+                let mut f = File::open(&pfile)
+                    .with_context(|| format!("cannot open {}", pfile.display()))?;
+                let o = payload::open(&mut f, &trusted)?;
+                payload::verify_body(&mut f, &o.header)?;
+                println!("{}", serde_json::to_string_pretty(&o.header)?);
+                eprintln!(
+                    "verified: signed by key {}, body sha256 matches",
+                    o.header.key_id
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// An image file as a raw disk: the file itself, or a raw copy of a qcow2.
+struct Image {
+    orig: PathBuf,
+    raw: PathBuf,
+    qcow2_compat: Option<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Image {
+    fn open(path: &Path, _write: bool) -> Result<Self> {
+        match crate::run::detect_format(path)? {
+            "raw" => Ok(Self {
+                orig: path.to_path_buf(),
+                raw: path.to_path_buf(),
+                qcow2_compat: None,
+                _tmp: None,
+            }),
+            "qcow2" => {
+                let qemu_img = kiln_fs::tools::require("qemu-img")?;
+                let info = kiln_fs::cmd::run(
+                    std::process::Command::new(&qemu_img)
+                        .args(["info", "--output=json", "-f", "qcow2"])
+                        .arg(path),
+                )?;
+                let v: serde_json::Value = serde_json::from_slice(&info.stdout)
+                    .context("qemu-img info gave no JSON")?;
+                let compat = v["format-specific"]["data"]["compat"]
+                    .as_str()
+                    .unwrap_or("1.1")
+                    .to_string();
+                // Beside the image: same filesystem for the final rename, and no writes
+                // outside the directory the user pointed at.
+                let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let tmp = tempfile::Builder::new()
+                    .prefix(".kiln-image-")
+                    .tempdir_in(dir.unwrap_or(Path::new(".")))
+                    .context("cannot make a temporary directory beside the image")?;
+                let raw = tmp.path().join("disk.raw");
+                kiln_fs::cmd::run(
+                    std::process::Command::new(&qemu_img)
+                        .args(["convert", "-f", "qcow2", "-O", "raw"])
+                        .arg(path)
+                        .arg(&raw),
+                )
+                .with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(Self {
+                    orig: path.to_path_buf(),
+                    raw,
+                    qcow2_compat: Some(compat),
+                    _tmp: Some(tmp),
+                })
+            }
+            other => bail!(
+                "{} is {}: kiln slot and kiln update work on raw and qcow2 images (convert with qemu-img convert -O raw)",
+                path.display(),
+                if other == "vpc" { "a VHD" } else { other }
+            ),
+        }
+    }
+
+    /// For a changed qcow2: convert back and rename over the original.
+    fn finish(self, changed: bool) -> Result<()> {
+        let (Some(compat), Some(tmp), true) = (&self.qcow2_compat, &self._tmp, changed) else {
+            return Ok(());
+        };
+        let out = tmp.path().join("disk.qcow2");
+        kiln_fs::cmd::run(
+            std::process::Command::new(kiln_fs::tools::require("qemu-img")?)
+                .args(["convert", "-f", "raw", "-O", "qcow2", "-o"])
+                .arg(format!("compat={compat}"))
+                .arg(&self.raw)
+                .arg(&out),
+        )
+        .context("cannot write the qcow2 image back")?;
+        File::open(&out)?.sync_all()?;
+        std::fs::rename(&out, &self.orig)
+            .with_context(|| format!("cannot replace {}", self.orig.display()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,569 @@
+//! The A/B slot state and the rule that picks the slot to boot.
+//!
+//! The state lives in one place: a GRUB environment block on the ESP, `/kiln/slots.env`. It
+//! is the only store that stock GRUB 2.06 can both read (`load_env`) and write (`save_env`),
+//! and GRUB must write it: a try is used up *before* the new kernel runs, so a kernel that
+//! panics still loses its try. The GPT attribute bits that ChromeOS and CoreOS used are left
+//! zero: GRUB cannot read them, and a second copy of the state would disagree with the first
+//! after the first boot that consumed a try.
+//!
+//! Per slot (`a`, `b`): `kiln_<s>_priority` (0..=15, 0 = never boot), `kiln_<s>_tries`
+//! (0..=15), `kiln_<s>_successful` (0|1) and `kiln_<s>_version` (informational, shown in the
+//! GRUB menu). `kiln_board` names the board the image was built for. GRUB's half of the rule
+//! is [`grub_script`]; this module's [`SlotState::next_boot`] is the same rule in Rust, for
+//! the tools and the tests.
+
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+pub use kiln_disk::Slot;
+use serde::Serialize;
+
+/// Where the state lives on the ESP.
+pub const ENV_PATH: &str = "kiln/slots.env";
+/// A GRUB environment block is exactly this long (grub-core/lib/envblk.h, `grub-editenv`).
+pub const ENV_SIZE: usize = 1024;
+const ENV_HEADER: &str = "# GRUB Environment Block\n";
+/// Largest value of the 4-bit priority and tries fields (kept from the GPT convention).
+pub const MAX_FIELD: u8 = 15;
+
+pub const SLOTS: [Slot; 2] = [Slot::A, Slot::B];
+
+/// The lower-case name GRUB variables and ESP file names use.
+pub fn slot_key(s: Slot) -> &'static str {
+    match s {
+        Slot::A => "a",
+        Slot::B => "b",
+    }
+}
+
+pub fn parse_slot(s: &str) -> Result<Slot> {
+    match s {
+        "a" | "A" => Ok(Slot::A),
+        "b" | "B" => Ok(Slot::B),
+        _ => bail!("unknown slot {s:?}: use a or b"),
+    }
+}
+
+pub fn other(s: Slot) -> Slot {
+    match s {
+        Slot::A => Slot::B,
+        Slot::B => Slot::A,
+    }
+}
+
+/// ESP paths of a slot's kernel and initramfs.
+pub fn kernel_path(s: Slot) -> String {
+    format!("kiln/vmlinuz-{}", slot_key(s))
+}
+pub fn initrd_path(s: Slot) -> String {
+    format!("kiln/initrd-{}", slot_key(s))
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SlotFields {
+    pub priority: u8,
+    pub tries: u8,
+    pub successful: bool,
+    /// The OS version installed in the slot, or empty.
+    pub version: String,
+}
+
+impl SlotFields {
+    /// Bootable at all: the rule's candidate test.
+    pub fn bootable(&self) -> bool {
+        self.priority > 0 && (self.successful || self.tries > 0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotState {
+    pub board: String,
+    pub a: SlotFields,
+    pub b: SlotFields,
+}
+
+/// Slots appear as "A" and "B" in JSON, as in the ready line.
+pub fn serialize_slot<S: serde::Serializer>(s: &Slot, ser: S) -> Result<S::Ok, S::Error> {
+    ser.collect_str(s)
+}
+
+/// What the next boot does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Choice {
+    #[serde(serialize_with = "serialize_slot")]
+    pub slot: Slot,
+    /// Chosen on tries alone: the boot loader uses one up.
+    pub consumes_try: bool,
+}
+
+impl SlotState {
+    /// A fresh image: slot A as the layout declares it, slot B empty.
+    pub fn new(board: &str, a: SlotFields) -> Result<Self> {
+        let s = Self {
+            board: board.to_string(),
+            a,
+            b: SlotFields::default(),
+        };
+        s.check()?;
+        Ok(s)
+    }
+
+    pub fn get(&self, s: Slot) -> &SlotFields {
+        match s {
+            Slot::A => &self.a,
+            Slot::B => &self.b,
+        }
+    }
+
+    pub fn get_mut(&mut self, s: Slot) -> &mut SlotFields {
+        match s {
+            Slot::A => &mut self.a,
+            Slot::B => &mut self.b,
+        }
+    }
+
+    /// The rule: the bootable slot with the highest priority; on a tie, A (the first in
+    /// partition order, as `gptprio.next` did). `None` when neither is bootable.
+    pub fn next_boot(&self) -> Option<Choice> {
+        let mut best: Option<Slot> = None;
+        for s in SLOTS {
+            let f = self.get(s);
+            if !f.bootable() {
+                continue;
+            }
+            if best.is_none_or(|b| f.priority > self.get(b).priority) {
+                best = Some(s);
+            }
+        }
+        best.map(|slot| Choice {
+            slot,
+            consumes_try: !self.get(slot).successful,
+        })
+    }
+
+    /// What GRUB does at boot: pick, and use up a try if picked on tries.
+    pub fn boot(&mut self) -> Option<Slot> {
+        let c = self.next_boot()?;
+        if c.consumes_try {
+            let f = self.get_mut(c.slot);
+            f.tries = f.tries.saturating_sub(1);
+        }
+        Some(c.slot)
+    }
+
+    /// The slot will not be booted (its content is about to change).
+    pub fn invalidate(&mut self, s: Slot) {
+        *self.get_mut(s) = SlotFields::default();
+    }
+
+    /// After an update: `s` is tried next with `tries` boots to succeed, above the other slot.
+    pub fn set_next(&mut self, s: Slot, tries: u8, version: &str) -> Result<()> {
+        if tries == 0 || tries > MAX_FIELD {
+            bail!("tries must be 1..={MAX_FIELD}, not {tries}");
+        }
+        check_version(version)?;
+        // Priorities 1 and 2 are enough for two slots; normalising keeps them from creeping
+        // up to the 4-bit limit after many updates.
+        let o = other(s);
+        if self.get(o).priority > 0 {
+            self.get_mut(o).priority = 1;
+        }
+        let f = self.get_mut(s);
+        f.priority = 2;
+        f.tries = tries;
+        f.successful = false;
+        f.version = version.to_string();
+        Ok(())
+    }
+
+    /// The running system reached its ready point. Returns whether anything changed.
+    pub fn mark_good(&mut self, s: Slot) -> Result<bool> {
+        let f = self.get_mut(s);
+        if f.priority == 0 {
+            bail!(
+                "slot {s} has priority 0 (never boot): it holds no installed system to mark good"
+            );
+        }
+        let changed = !f.successful || f.tries != 0;
+        f.successful = true;
+        f.tries = 0;
+        Ok(changed)
+    }
+
+    fn check(&self) -> Result<()> {
+        check_value("board", &self.board)?;
+        for s in SLOTS {
+            let f = self.get(s);
+            if f.priority > MAX_FIELD || f.tries > MAX_FIELD {
+                bail!("slot {s}: priority and tries must be 0..={MAX_FIELD}");
+            }
+            check_version(&f.version)?;
+        }
+        Ok(())
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        let mut v = vec![("kiln_board".to_string(), self.board.clone())];
+        for s in SLOTS {
+            let (k, f) = (slot_key(s), self.get(s));
+            v.push((format!("kiln_{k}_priority"), f.priority.to_string()));
+            v.push((format!("kiln_{k}_tries"), f.tries.to_string()));
+            v.push((
+                format!("kiln_{k}_successful"),
+                u8::from(f.successful).to_string(),
+            ));
+            v.push((format!("kiln_{k}_version"), f.version.clone()));
+        }
+        v
+    }
+
+    /// The 1024-byte GRUB environment block.
+    pub fn to_env(&self) -> Result<Vec<u8>> {
+        self.check()?;
+        let mut s = String::from(ENV_HEADER);
+        for (k, v) in self.vars() {
+            s.push_str(&format!("{k}={v}\n"));
+        }
+        if s.len() > ENV_SIZE {
+            bail!(
+                "slot state needs {} bytes, more than a GRUB environment block ({ENV_SIZE})",
+                s.len()
+            );
+        }
+        let mut b = s.into_bytes();
+        b.resize(ENV_SIZE, b'#');
+        Ok(b)
+    }
+
+    /// Parses a GRUB environment block holding kiln's variables. Other variables are ignored
+    /// (GRUB or a person may add some); a missing or malformed kiln variable is an error.
+    pub fn from_env(block: &[u8]) -> Result<Self> {
+        if block.len() != ENV_SIZE || !block.starts_with(ENV_HEADER.as_bytes()) {
+            bail!(
+                "not a GRUB environment block ({} bytes; one is {ENV_SIZE} bytes starting with {:?})",
+                block.len(),
+                ENV_HEADER.trim_end()
+            );
+        }
+        let text = std::str::from_utf8(&block[ENV_HEADER.len()..])
+            .context("the slot state is not UTF-8")?;
+        let mut vars = std::collections::HashMap::new();
+        for line in text.split('\n') {
+            // Padding: GRUB fills the rest of the block with '#'.
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .with_context(|| format!("malformed line {line:?} in the slot state"))?;
+            vars.insert(k, v);
+        }
+        let get = |k: &str| -> Result<&str> {
+            vars.get(k)
+                .copied()
+                .with_context(|| format!("the slot state has no {k}"))
+        };
+        let num = |k: &str| -> Result<u8> {
+            let v = get(k)?;
+            match v.parse::<u8>() {
+                Ok(n) if n <= MAX_FIELD => Ok(n),
+                _ => bail!("{k}={v:?} in the slot state: expected 0..={MAX_FIELD}"),
+            }
+        };
+        let slot = |s: Slot| -> Result<SlotFields> {
+            let k = slot_key(s);
+            let succ = get(&format!("kiln_{k}_successful"))?;
+            Ok(SlotFields {
+                priority: num(&format!("kiln_{k}_priority"))?,
+                tries: num(&format!("kiln_{k}_tries"))?,
+                successful: match succ {
+                    "1" => true,
+                    "0" => false,
+                    _ => bail!("kiln_{k}_successful={succ:?} in the slot state: expected 0 or 1"),
+                },
+                version: get(&format!("kiln_{k}_version")).unwrap_or("").to_string(),
+            })
+        };
+        let state = Self {
+            a: slot(Slot::A)?,
+            b: slot(Slot::B)?,
+            board: get("kiln_board")?.to_string(),
+        };
+        state.check()?;
+        Ok(state)
+    }
+}
+
+impl fmt::Display for SlotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "board: {}", self.board)?;
+        for s in SLOTS {
+            let x = self.get(s);
+            writeln!(
+                f,
+                "USR-{s}: priority={} tries={} successful={} version={}",
+                x.priority,
+                x.tries,
+                u8::from(x.successful),
+                if x.version.is_empty() {
+                    "-"
+                } else {
+                    &x.version
+                }
+            )?;
+        }
+        match self.next_boot() {
+            Some(c) if c.consumes_try => writeln!(f, "next boot: USR-{} (uses a try)", c.slot),
+            Some(c) => writeln!(f, "next boot: USR-{}", c.slot),
+            None => writeln!(f, "next boot: none bootable (GRUB falls back to USR-A)"),
+        }
+    }
+}
+
+/// Values reach GRUB's script and menu titles: keep them to a safe alphabet.
+fn check_value(what: &str, v: &str) -> Result<()> {
+    if v.len() > 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+~-".contains(c))
+    {
+        bail!(
+            "{what} {v:?} cannot go into the slot state: use at most 64 of A-Z a-z 0-9 . _ + ~ -"
+        );
+    }
+    Ok(())
+}
+
+fn check_version(v: &str) -> Result<()> {
+    check_value("version", v)
+}
+
+/// One boot entry: the slot, and the kernel command line that mounts it.
+pub struct GrubEntry {
+    pub slot: Slot,
+    pub title: String,
+    pub cmdline: String,
+}
+
+/// GRUB's half of the rule, for grub.cfg: load the state, pick the slot as
+/// [`SlotState::next_boot`] does, write back the used try with `save_env`, and boot the
+/// chosen slot's kernel and initramfs. GRUB 2.06 has no arithmetic, so the decrement is a
+/// table. Only string tests and `-gt` on values kiln wrote are used; defaults set before
+/// `load_env` mean a missing or damaged block still leaves every variable a number.
+pub fn grub_script(entries: &[GrubEntry]) -> String {
+    let mut s = String::new();
+    s.push_str("# A/B slot selection: the state is the GRUB environment block /kiln/slots.env.\n");
+    for slot in SLOTS {
+        let k = slot_key(slot);
+        s.push_str(&format!(
+            "set kiln_{k}_priority=0\nset kiln_{k}_tries=0\nset kiln_{k}_successful=0\nset kiln_{k}_version=\n"
+        ));
+    }
+    s.push_str(&format!(
+        "if load_env -f /{ENV_PATH}; then set kiln_env=ok; else echo 'kiln: cannot read /{ENV_PATH}'; fi\nset kiln_slot=\nset kiln_best=0\n"
+    ));
+    for slot in SLOTS {
+        let k = slot_key(slot);
+        s.push_str(&format!(
+            "if [ \"$kiln_{k}_priority\" != 0 ]; then\n\
+             \x20   if [ \"$kiln_{k}_successful\" = 1 -o \"$kiln_{k}_tries\" != 0 ]; then\n\
+             \x20       if [ -z \"$kiln_slot\" -o \"$kiln_{k}_priority\" -gt \"$kiln_best\" ]; then\n\
+             \x20           set kiln_slot={k}\n\
+             \x20           set kiln_best=\"$kiln_{k}_priority\"\n\
+             \x20       fi\n\
+             \x20   fi\n\
+             fi\n"
+        ));
+    }
+    s.push_str(
+        "if [ -z \"$kiln_slot\" ]; then\n    echo 'kiln: no bootable USR slot in the state; trying USR-A'\n    set kiln_slot=a\n",
+    );
+    for slot in SLOTS {
+        let k = slot_key(slot);
+        s.push_str(&format!(
+            "elif [ \"$kiln_slot\" = {k} -a \"$kiln_{k}_successful\" != 1 ]; then\n"
+        ));
+        for t in 1..=MAX_FIELD {
+            let kw = if t == 1 { "    if" } else { "    elif" };
+            s.push_str(&format!(
+                "{kw} [ \"$kiln_{k}_tries\" = {t} ]; then set kiln_{k}_tries={}\n",
+                t - 1
+            ));
+        }
+        s.push_str("    fi\n");
+        s.push_str(&format!(
+            "    if save_env -f /{ENV_PATH} kiln_{k}_tries; then\n\
+             \x20       echo \"kiln: trying USR-{} (tries left: $kiln_{k}_tries)\"\n\
+             \x20   else\n\
+             \x20       echo 'kiln: cannot record the try in /{ENV_PATH}; not booting an unproven slot'\n\
+             \x20       set kiln_slot={}\n\
+             \x20   fi\n",
+            slot,
+            slot_key(other(slot))
+        ));
+    }
+    s.push_str("fi\nset default=\"usr-$kiln_slot\"\n");
+    for e in entries {
+        let k = slot_key(e.slot);
+        s.push_str(&format!(
+            "\nmenuentry \"{} $kiln_{k}_version (USR-{})\" --id usr-{k} {{\n\
+             \x20   echo 'kiln: loading /{}'\n\
+             \x20   linux /{} {}\n\
+             \x20   initrd /{}\n\
+             }}\n",
+            e.title,
+            e.slot,
+            kernel_path(e.slot),
+            kernel_path(e.slot),
+            e.cmdline,
+            initrd_path(e.slot)
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> SlotState {
+        SlotState::new(
+            "amd64-usr",
+            SlotFields {
+                priority: 1,
+                tries: 0,
+                successful: true,
+                version: "1.0.0".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn env_block_round_trip_and_format() {
+        let s = fresh();
+        let b = s.to_env().unwrap();
+        assert_eq!(b.len(), 1024);
+        assert!(b.starts_with(b"# GRUB Environment Block\nkiln_board=amd64-usr\n"));
+        assert_eq!(*b.last().unwrap(), b'#');
+        assert_eq!(SlotState::from_env(&b).unwrap(), s);
+    }
+
+    #[test]
+    fn grub_editenv_reads_and_writes_our_block() {
+        let editenv = std::path::Path::new("/usr/bin/grub-editenv");
+        assert!(
+            editenv.exists(),
+            "grub-common is not installed: /usr/bin/grub-editenv is missing"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, fresh().to_env().unwrap()).unwrap();
+        let out = std::process::Command::new(editenv)
+            .arg(&f)
+            .arg("list")
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("kiln_a_priority=1\n"), "{text}");
+        // GRUB's own writer, as save_env would: our parser reads the result.
+        let st = std::process::Command::new(editenv)
+            .arg(&f)
+            .args(["set", "kiln_a_tries=3", "extra=x"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let s = SlotState::from_env(&std::fs::read(&f).unwrap()).unwrap();
+        assert_eq!(s.a.tries, 3);
+    }
+
+    #[test]
+    fn bad_blocks_are_refused() {
+        assert!(SlotState::from_env(&[b'#'; 1024]).is_err());
+        assert!(SlotState::from_env(b"# GRUB Environment Block\n").is_err());
+        let mut b = fresh().to_env().unwrap();
+        let t = String::from_utf8(b.clone())
+            .unwrap()
+            .replace("kiln_a_tries=0", "kiln_a_tries=X");
+        b.copy_from_slice(t.as_bytes());
+        let e = SlotState::from_env(&b).unwrap_err().to_string();
+        assert!(e.contains("kiln_a_tries"), "{e}");
+        let t = String::from_utf8(fresh().to_env().unwrap())
+            .unwrap()
+            .replace("kiln_b_priority=0\n", "");
+        let mut b = t.into_bytes();
+        b.resize(1024, b'#');
+        assert!(SlotState::from_env(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("kiln_b_priority"));
+        let mut s = fresh();
+        s.a.version = "1.0 $(x)".into();
+        assert!(s.to_env().is_err());
+    }
+
+    #[test]
+    fn update_try_and_rollback() {
+        let mut s = fresh();
+        assert_eq!(s.next_boot().unwrap().slot, Slot::A);
+        // v2 into B: tried once, marks itself good.
+        s.invalidate(Slot::B);
+        s.set_next(Slot::B, 1, "2.0.0").unwrap();
+        assert_eq!(
+            s.next_boot(),
+            Some(Choice {
+                slot: Slot::B,
+                consumes_try: true
+            })
+        );
+        assert_eq!(s.boot(), Some(Slot::B));
+        assert_eq!(s.b.tries, 0);
+        assert!(s.mark_good(Slot::B).unwrap());
+        assert!(!s.mark_good(Slot::B).unwrap());
+        assert_eq!(s.boot(), Some(Slot::B));
+        // v3 into A never marks itself good: one try, then B again, and again.
+        s.invalidate(Slot::A);
+        assert_eq!(s.boot(), Some(Slot::B));
+        s.set_next(Slot::A, 1, "3.0.0").unwrap();
+        assert_eq!((s.a.priority, s.b.priority), (2, 1));
+        assert_eq!(s.boot(), Some(Slot::A));
+        assert_eq!(s.boot(), Some(Slot::B));
+        assert_eq!(s.boot(), Some(Slot::B));
+        assert!(!s.a.bootable());
+    }
+
+    #[test]
+    fn rule_edges() {
+        let mut s = fresh();
+        s.b = SlotFields {
+            priority: 1,
+            tries: 0,
+            successful: true,
+            version: String::new(),
+        };
+        // A tie goes to A.
+        assert_eq!(s.next_boot().unwrap().slot, Slot::A);
+        s.a.priority = 0;
+        assert_eq!(s.next_boot().unwrap().slot, Slot::B);
+        s.b.successful = false;
+        assert_eq!(s.next_boot(), None);
+        assert!(s.set_next(Slot::A, 0, "x").is_err());
+        assert!(s.set_next(Slot::A, 16, "x").is_err());
+        assert!(s.mark_good(Slot::A).is_err());
+    }
+
+    #[test]
+    fn grub_script_has_both_halves() {
+        let g = grub_script(&[GrubEntry {
+            slot: Slot::B,
+            title: "Kiln".into(),
+            cmdline: "mount.usr=PARTUUID=x".into(),
+        }]);
+        assert!(g.contains("load_env -f /kiln/slots.env"));
+        assert!(g.contains("save_env -f /kiln/slots.env kiln_b_tries"));
+        assert!(g.contains("elif [ \"$kiln_a_tries\" = 15 ]; then set kiln_a_tries=14\n"));
+        assert!(g.contains("linux /kiln/vmlinuz-b mount.usr=PARTUUID=x"));
+        assert!(g.contains("menuentry \"Kiln $kiln_b_version (USR-B)\" --id usr-b"));
+    }
+}
