@@ -5,8 +5,9 @@
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -116,6 +117,7 @@ pub fn minimal_out() -> &'static Path {
             "build",
             "recipes/minimal.toml",
             "--keep-raw",
+            "--dev-key",
             "--output",
             out.to_str().unwrap(),
         ]);
@@ -212,4 +214,211 @@ pub fn boot_disk(image: &Path, firmware: &str, snapshot: bool) -> kiln_qemu::Boo
         .find(|l| l.starts_with(kiln_qemu::READY_PREFIX))
         .cloned();
     kiln_qemu::Boot { console, ready }
+}
+
+/// The public half of the development key the test builds are signed with.
+pub fn dev_public_key() -> PathBuf {
+    minimal_out();
+    let p = cache_dir().join("keys/INSECURE-kiln-development-key.pem.pub");
+    assert!(p.exists(), "{} was not written", p.display());
+    p
+}
+
+/// Payloads of later releases of the minimal recipe, built once per test run (board image
+/// only): v2 (version 0.2.0, a working system) and v3 (0.3.0, whose system reboots before
+/// its ready point). Returns (v2 payload, v3 payload).
+pub fn update_payloads() -> &'static (PathBuf, PathBuf) {
+    static P: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    P.get_or_init(|| {
+        minimal_out();
+        let _l = lock("updates.lock");
+        let dir = test_dir().join("updates");
+        let marker = dir.join(format!(
+            ".built-for-{}",
+            std::os::unix::process::parent_id()
+        ));
+        let (v2, v3) = (dir.join("v2_update.payload"), dir.join("v3_update.payload"));
+        if marker.exists() {
+            return (v2, v3);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let minimal = std::fs::read_to_string(root().join("recipes/minimal.toml")).unwrap();
+        let overlay = root().join("recipes/minimal/overlay");
+        let broken = root().join("tests/data/never-ready");
+        for (name, version, overlays) in [
+            ("v2", "0.2.0", format!("[{overlay:?}]")),
+            ("v3", "0.3.0", format!("[{overlay:?}, {broken:?}]")),
+        ] {
+            let recipe = minimal
+                .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+                .replace(
+                    "overlays = [\"minimal/overlay\"]",
+                    &format!("overlays = {overlays}"),
+                );
+            assert_ne!(recipe, minimal);
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, recipe).unwrap();
+            let o = kiln(&[
+                "build",
+                path.to_str().unwrap(),
+                "--board-dir",
+                "board-profiles",
+                "--platform",
+                "none",
+                "--dev-key",
+                "--output",
+                dir.to_str().unwrap(),
+            ]);
+            assert!(
+                o.status.success(),
+                "kiln build {name} failed:\n{}",
+                text(&o)
+            );
+        }
+        std::fs::write(&marker, "").unwrap();
+        (v2, v3)
+    })
+}
+
+/// A writable copy of an image (sparse), for tests that change it.
+pub fn copy_image(src: &Path, name: &str) -> PathBuf {
+    let dest = test_dir().join(name);
+    let _ = std::fs::remove_file(&dest);
+    tool(
+        "cp",
+        &[
+            "--sparse=always",
+            src.to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ],
+    );
+    dest
+}
+
+/// `kiln run` on pipes: the serial console of a guest a test types into, as a person would.
+/// QEMU keeps running across guest reboots; dropping the console kills it.
+pub struct Console {
+    child: Child,
+    stdin: ChildStdin,
+    rx: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+    log: File,
+}
+
+impl Console {
+    /// Boots `image` (raw, written to by the guest) with TCG and `attach`ed read-only disks
+    /// (/dev/vdb, /dev/vdc, ...). The console is also written to target/kiln-test/NAME.console.
+    pub fn start(name: &str, image: &Path, attach: &[&Path]) -> Console {
+        let (kiln, _) = binaries();
+        let mut c = Command::new(kiln);
+        c.current_dir(root())
+            .args(["run", image.to_str().unwrap(), "--accel", "tcg"]);
+        for a in attach {
+            c.args(["--attach", a.to_str().unwrap()]);
+        }
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().expect("start kiln run");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut r = std::io::BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string();
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let log = File::create(test_dir().join(format!("{name}.console"))).unwrap();
+        Console {
+            child,
+            stdin,
+            rx,
+            lines: Vec::new(),
+            log,
+        }
+    }
+
+    /// Waits for a console line containing `what`; returns it. Fails the test, with the last
+    /// console lines, on a timeout or if the guest stops.
+    pub fn expect(&mut self, what: &str, timeout_s: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(timeout_s);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    use std::io::Write;
+                    let _ = writeln!(self.log, "{line}");
+                    self.lines.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "waiting for {what:?}: {}; last console lines:\n{}",
+                    if matches!(e, mpsc::RecvTimeoutError::Timeout) {
+                        format!("nothing within {timeout_s} s")
+                    } else {
+                        "the guest stopped".to_string()
+                    },
+                    self.lines[self.lines.len().saturating_sub(40)..].join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The ready line of the next boot.
+    pub fn ready(&mut self) -> String {
+        self.expect(kiln_qemu::READY_PREFIX, 300)
+    }
+
+    /// Types a command line into the guest's shell.
+    pub fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        self.stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .and_then(|_| self.stdin.flush())
+            .expect("write to the guest console");
+    }
+
+    /// Pulls the plug: QEMU is killed without the guest shutting down.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `key=value` field of a ready line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// `kiln slot status --json` of an image.
+pub fn slot_status(image: &Path) -> serde_json::Value {
+    let o = kiln(&["slot", "status", image.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "kiln slot status: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
 }

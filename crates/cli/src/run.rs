@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// Leave the image unchanged: guest writes go to a temporary overlay.
     #[arg(long)]
     snapshot: bool,
+    /// Attach FILE as a further read-only virtio disk (/dev/vdb, /dev/vdc, ...): an update
+    /// payload for `kiln-agent update apply /dev/vdb`, for instance. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    attach: Vec<PathBuf>,
     /// Boot headless, print the console, exit 0 at the ready line (1 on failure or timeout).
     #[arg(long)]
     until_ready: bool,
@@ -207,12 +211,22 @@ pub fn run(a: RunArgs) -> Result<i32> {
             .disk
             .or(boot.as_ref().map(|b| b.disk.clone()))
             .unwrap_or_else(|| board.qemu.disk.clone()),
+        read_only: false,
     }];
+    for f in &a.attach {
+        disks.push(Disk {
+            path: f.clone(),
+            format: "raw".into(),
+            interface: "virtio-blk-pci".into(),
+            read_only: true,
+        });
+    }
     if boot.as_ref().is_some_and(|b| b.config_drive) {
         disks.push(Disk {
             path: config_drive(tmp.path())?,
             format: "raw".into(),
             interface: "virtio-blk-pci".into(),
+            read_only: false,
         });
     }
     let vm = Vm {

@@ -44,6 +44,8 @@ pub struct Disk {
     pub format: String,
     /// QEMU device model: virtio-blk-pci, ide-hd, scsi-hd, nvme, ...
     pub interface: String,
+    /// The guest cannot write to it.
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -209,7 +211,11 @@ impl Vm {
             }
             c.args([
                 "-drive",
-                &format!("file={path},format={},if=none,id=d{i}", d.format),
+                &format!(
+                    "file={path},format={},if=none,id=d{i}{}",
+                    d.format,
+                    if d.read_only { ",readonly=on" } else { "" }
+                ),
             ]);
             // SCSI disks need their host adapter: virtio-scsi, VMware's pvscsi, LSI.
             let mut scsi_on = |ctl: &'static str, c: &mut Command| {

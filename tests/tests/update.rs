@@ -1,0 +1,492 @@
+//! A/B updates, proven by booting: payloads applied inside the running system (handed over
+//! as a second virtual disk) and offline to image files, a release that never reaches its
+//! ready point rolled back by the boot path alone, bad payloads refused before anything is
+//! written, and an update interrupted by pulling the plug.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use kiln_tests::*;
+
+/// SHA-256 of a byte range of a file (a partition of a disk image).
+fn range_hash(image: &Path, offset: u64, len: u64) -> String {
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
+            image.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)[..64].to_string()
+}
+
+/// Byte ranges of a partition, by GPT partition number.
+fn part(image: &Path, number: u32) -> (u64, u64) {
+    let mut f = std::fs::File::open(image).unwrap();
+    let len = f.metadata().unwrap().len();
+    let gpt = kiln_disk::Gpt::read(&mut f, len).unwrap().gpt;
+    let e = gpt.partition(number).unwrap();
+    (e.first_lba * 512, e.sectors() * 512)
+}
+
+/// What apply may touch: the ESP (state, kernels) and both USR slots.
+fn slots_and_esp(image: &Path) -> Vec<String> {
+    [1, 3, 4]
+        .iter()
+        .map(|&n| {
+            let (o, l) = part(image, n);
+            range_hash(image, o, l)
+        })
+        .collect()
+}
+
+fn slot(v: &serde_json::Value, s: &str) -> (u64, u64, bool, String) {
+    let x = &v["state"][s];
+    (
+        x["priority"].as_u64().unwrap(),
+        x["tries"].as_u64().unwrap(),
+        x["successful"].as_bool().unwrap(),
+        x["version"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn payload_is_built_signed_and_described() {
+    let payload = minimal_out().join("minimal_update.payload");
+    assert!(payload.exists());
+    let o = kiln(&[
+        "update",
+        "show",
+        payload.to_str().unwrap(),
+        "--key",
+        dev_public_key().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h["format"], 1);
+    assert_eq!(h["version"], "0.1.0");
+    assert_eq!(h["board"], "amd64-usr");
+    let names: Vec<&str> = h["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["usr", "kernel", "initramfs"]);
+    // The USR section is the image's USR-A, byte for byte.
+    let img = minimal_image();
+    let usr = &h["sections"][0];
+    let size = usr["size"].as_u64().unwrap();
+    let (off, len) = part(img, 3);
+    assert!(size <= len);
+    assert_eq!(range_hash(img, off, size), usr["sha256"].as_str().unwrap());
+    // The image trusts the key that signed it.
+    assert!(text(&o).contains("verified"), "{}", text(&o));
+}
+
+#[test]
+fn build_without_key_makes_no_payload_and_says_so() {
+    let out = test_dir().join("out-nokey");
+    let _ = std::fs::remove_dir_all(&out);
+    minimal_out();
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--platform",
+        "none",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("no update payload: no signing key"),
+        "{}",
+        text(&o)
+    );
+    assert!(out.join("minimal_image.bin").exists());
+    assert!(!out.join("minimal_update.payload").exists());
+}
+
+#[test]
+fn offline_tools_on_qcow2_then_boot_the_update() {
+    let (v2, _) = update_payloads();
+    let raw = copy_image(minimal_image(), "offline-v1.raw");
+    let img = test_dir().join("offline-v1.qcow2");
+    let _ = std::fs::remove_file(&img);
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            raw.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(&raw).unwrap();
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "a"), (1, 0, true, "0.1.0".into()));
+    assert_eq!(slot(&st, "b"), (0, 0, false, String::new()));
+    assert_eq!(st["next_boot"]["slot"], "A");
+
+    // Nothing is installed in B yet: set-next refuses.
+    let o = kiln(&["slot", "set-next", img.to_str().unwrap(), "b"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("holds no installed system"),
+        "{}",
+        text(&o)
+    );
+
+    let key = dev_public_key();
+    let o = kiln(&[
+        "update",
+        "apply",
+        img.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "b"), (2, 1, false, "0.2.0".into()));
+    assert_eq!(st["next_boot"]["slot"], "B");
+    assert_eq!(st["next_boot"]["consumes_try"], true);
+    // Still a qcow2 of the same compat level, and a sound one.
+    let info = tool("qemu-img", &["info", img.to_str().unwrap()]);
+    assert!(
+        info.contains("file format: qcow2") && info.contains("compat: 0.10"),
+        "{info}"
+    );
+    tool("qemu-img", &["check", img.to_str().unwrap()]);
+
+    // The boot takes B's try, runs 0.2.0 from USR-B, and marks it good.
+    let b = boot_disk(&img, "bios", false);
+    let ready = b.ready.clone().unwrap();
+    assert_eq!(field(&ready, "slot"), "B", "{ready}");
+    assert_eq!(field(&ready, "version"), "0.2.0", "{ready}");
+    assert_eq!(field(&ready, "next"), "B", "{ready}");
+    assert!(b
+        .console
+        .iter()
+        .any(|l| l.contains("kiln: trying USR-B (tries left: 0)")));
+    assert!(b
+        .console
+        .iter()
+        .any(|l| l.contains("kiln: loading /kiln/vmlinuz-b")));
+    assert!(b.console.iter().any(|l| l.contains("marked USR-B good")));
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "b"), (2, 0, true, "0.2.0".into()));
+
+    // The release engineer's switches: back to A for one try, then A marked good.
+    let o = kiln(&[
+        "slot",
+        "set-next",
+        img.to_str().unwrap(),
+        "a",
+        "--tries",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "a"), (2, 2, false, "0.1.0".into()));
+    assert_eq!(slot(&st, "b").0, 1);
+    assert_eq!(st["next_boot"]["slot"], "A");
+    let o = kiln(&["slot", "mark-good", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "a"), (2, 0, true, "0.1.0".into()));
+    assert_eq!(st["next_boot"]["consumes_try"], false);
+    std::fs::remove_file(&img).unwrap();
+}
+
+/// A payload file with `f` applied to its bytes.
+fn altered(src: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut b = std::fs::read(src).unwrap();
+    f(&mut b);
+    let p = test_dir().join(name);
+    std::fs::write(&p, b).unwrap();
+    p
+}
+
+fn header_len(payload: &Path) -> usize {
+    let mut f = std::fs::File::open(payload).unwrap();
+    let mut pre = [0u8; 16];
+    f.read_exact(&mut pre).unwrap();
+    u32::from_le_bytes(pre[12..16].try_into().unwrap()) as usize
+}
+
+/// A small payload made by `kiln update create` with the given key and board.
+fn made_payload(name: &str, key: &Path, board: &str, usr_bytes: u64) -> PathBuf {
+    let dir = test_dir().join(format!("made-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let usr = dir.join("usr.img");
+    let f = std::fs::File::create(&usr).unwrap();
+    f.set_len(usr_bytes).unwrap();
+    for n in ["kernel", "initrd"] {
+        std::fs::write(dir.join(n), format!("not really a {n}")).unwrap();
+    }
+    let out = dir.join("update.payload");
+    let o = kiln(&[
+        "update",
+        "create",
+        "-o",
+        out.to_str().unwrap(),
+        "--usr",
+        usr.to_str().unwrap(),
+        "--kernel",
+        dir.join("kernel").to_str().unwrap(),
+        "--initramfs",
+        dir.join("initrd").to_str().unwrap(),
+        "--board",
+        board,
+        "--os-version",
+        "9.9.9",
+        "--signing-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+/// The bad payloads of the issue, each with the words its refusal must contain.
+fn bad_payloads() -> Vec<(&'static str, PathBuf, &'static str)> {
+    let (v2, _) = update_payloads();
+    let h = header_len(v2);
+    let other_key = test_dir().join("other-signing-key.pem");
+    if !other_key.exists() {
+        let o = kiln(&["key", "generate", other_key.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let dev_key = cache_dir().join("keys/INSECURE-kiln-development-key.pem");
+    vec![
+        (
+            "bad signature",
+            altered(v2, "bad-signature.payload", |b| b[16 + h + 10] ^= 0x01),
+            "wrong key or tampered payload",
+        ),
+        (
+            "wrong key",
+            made_payload("wrong-key", &other_key, "amd64-usr", 1 << 20),
+            "wrong key or tampered payload",
+        ),
+        (
+            "truncated",
+            altered(v2, "truncated.payload", |b| b.truncate(b.len() / 2)),
+            "truncated",
+        ),
+        (
+            "corrupt body",
+            altered(v2, "corrupt.payload", |b| {
+                let i = 80 + h + (b.len() - 80 - h) / 2;
+                b[i] ^= 0x40;
+            }),
+            "corrupt",
+        ),
+        (
+            "another board",
+            made_payload("arm64", &dev_key, "arm64-usr", 1 << 20),
+            "for board arm64-usr",
+        ),
+        (
+            "larger than the slot",
+            made_payload("huge", &dev_key, "amd64-usr", 1100 << 20),
+            "USR-B holds",
+        ),
+    ]
+}
+
+#[test]
+fn bad_payloads_are_refused_offline_and_change_nothing() {
+    let img = copy_image(minimal_image(), "bad-offline.raw");
+    let before = slots_and_esp(&img);
+    let key = dev_public_key();
+    for (what, p, words) in bad_payloads() {
+        let o = kiln(&[
+            "update",
+            "apply",
+            img.to_str().unwrap(),
+            p.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {t}");
+        assert!(t.contains(words), "{what}: expected {words:?} in:\n{t}");
+        assert!(!t.contains("panicked"), "{what}: {t}");
+        assert_eq!(slots_and_esp(&img), before, "{what} changed the image");
+    }
+    // An image whose layout is not kiln's: a GPT without the USR slots.
+    let foreign = test_dir().join("foreign.raw");
+    let _ = std::fs::remove_file(&foreign);
+    std::fs::File::create(&foreign)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    tool(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+32M",
+            "-t",
+            "1:8300",
+            foreign.to_str().unwrap(),
+        ],
+    );
+    let before = std::fs::read(&foreign).unwrap();
+    let (v2, _) = update_payloads();
+    let o = kiln(&[
+        "update",
+        "apply",
+        foreign.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("not a kiln A/B image"), "{}", text(&o));
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+    std::fs::remove_file(&img).unwrap();
+}
+
+/// v1 → v2 inside the running system, then v3 that never comes up: rolled back to v2 by the
+/// boot path, with nobody at the console between typing the apply and seeing v2 again.
+#[test]
+fn update_in_the_guest_then_rollback_of_a_broken_update() {
+    let (v2, v3) = update_payloads();
+    let img = copy_image(minimal_image(), "ab-guest.raw");
+
+    let mut c = Console::start("ab-guest-1", &img, &[v2]);
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version")),
+        ("A", "0.1.0"),
+        "{r}"
+    );
+    c.send("kiln-agent update apply /dev/vdb && reboot");
+    c.expect("kiln-agent: update applied: kiln 0.2.0 in USR-B", 900);
+    c.expect("kiln: trying USR-B (tries left: 0)", 120);
+    c.expect("kiln-agent: marked USR-B good", 300);
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version"), field(&r, "next")),
+        ("B", "0.2.0", "B"),
+        "{r}"
+    );
+    c.send("kiln-agent status");
+    c.expect("USR-B: priority=2 tries=0 successful=1 version=0.2.0", 60);
+    c.kill();
+
+    let mut c = Console::start("ab-guest-2", &img, &[v3]);
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version")),
+        ("B", "0.2.0"),
+        "{r}"
+    );
+    c.send("kiln-agent update apply /dev/vdb && reboot");
+    c.expect("kiln-agent: update applied: kiln 0.3.0 in USR-A", 900);
+    c.expect("kiln: trying USR-A (tries left: 0)", 120);
+    c.expect("/usr is /dev/vda3", 300);
+    c.expect("kiln-test: this system never reaches its ready point", 120);
+    // The boot after that: A has no try left and never succeeded, so B boots, untouched.
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version"), field(&r, "next")),
+        ("B", "0.2.0", "B"),
+        "{r}"
+    );
+    c.kill();
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "a"), (2, 0, false, "0.3.0".into()));
+    assert_eq!(slot(&st, "b"), (1, 0, true, "0.2.0".into()));
+    std::fs::remove_file(&img).unwrap();
+}
+
+/// Every bad payload is refused by the agent in the running system, nothing on the disk
+/// changes, and the system goes on running.
+#[test]
+fn bad_payloads_are_refused_in_the_guest() {
+    let img = copy_image(minimal_image(), "bad-guest.raw");
+    let bad = bad_payloads();
+    let disks: Vec<&Path> = bad.iter().map(|(_, p, _)| p.as_path()).collect();
+    // Partitions as they will be after the first boot's ROOT growth, which rewrites the GPT.
+    let before = slots_and_esp(&img);
+    let mut c = Console::start("bad-guest", &img, &disks);
+    c.ready();
+    for (i, (what, _, words)) in bad.iter().enumerate() {
+        let dev = format!("/dev/vd{}", (b'b' + i as u8) as char);
+        c.send(&format!(
+            "kiln-agent update apply {dev}; echo \"apply-exit=$?\""
+        ));
+        let mut refusal = String::new();
+        loop {
+            let l = c.expect("", 900);
+            if l.starts_with("kiln-agent: ") && !l.contains("checking") && !l.contains("apply") {
+                refusal = l.clone();
+            }
+            if l.starts_with("apply-exit=") {
+                assert_eq!(l, "apply-exit=1", "{what}");
+                break;
+            }
+        }
+        assert!(
+            refusal.contains(words),
+            "{what}: expected {words:?} in {refusal:?}"
+        );
+    }
+    c.send("echo still-running $(cat /proc/uptime)");
+    c.expect("still-running ", 60);
+    c.kill();
+    assert_eq!(
+        slots_and_esp(&img),
+        before,
+        "a refused payload changed the disk"
+    );
+    std::fs::remove_file(&img).unwrap();
+}
+
+/// Pulling the plug in the middle of writing USR-B: the running slot is untouched and boots,
+/// B is not bootable, and a second apply succeeds.
+#[test]
+fn interrupted_update_loses_nothing() {
+    let (v2, _) = update_payloads();
+    let img = copy_image(minimal_image(), "interrupted.raw");
+    let (a_off, a_len) = part(&img, 3);
+    let usr_a = range_hash(&img, a_off, a_len);
+
+    let mut c = Console::start("interrupted-1", &img, &[v2]);
+    c.ready();
+    c.send("kiln-agent update apply /dev/vdb");
+    c.expect("kiln-agent: wrote 64 MiB of USR-B", 900);
+    c.kill();
+    let st = slot_status(&img);
+    assert_eq!(slot(&st, "b").0, 0, "B must not be bootable: {st}");
+    assert_eq!(st["next_boot"]["slot"], "A");
+    assert_eq!(range_hash(&img, a_off, a_len), usr_a);
+
+    let mut c = Console::start("interrupted-2", &img, &[v2]);
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version")),
+        ("A", "0.1.0"),
+        "{r}"
+    );
+    c.send("kiln-agent update apply /dev/vdb && reboot");
+    c.expect("kiln-agent: update applied: kiln 0.2.0 in USR-B", 900);
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version")),
+        ("B", "0.2.0"),
+        "{r}"
+    );
+    c.kill();
+    std::fs::remove_file(&img).unwrap();
+}
