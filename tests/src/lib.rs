@@ -304,11 +304,13 @@ pub struct Console {
     rx: mpsc::Receiver<String>,
     pub lines: Vec<String>,
     log: File,
+    started: Instant,
 }
 
 impl Console {
     /// Boots `image` (raw, written to by the guest) with TCG and `attach`ed read-only disks
-    /// (/dev/vdb, /dev/vdc, ...). The console is also written to target/kiln-test/NAME.console.
+    /// (/dev/vdb, /dev/vdc, ...). The console is also written to target/kiln-test/NAME.console,
+    /// each line with the seconds since the start.
     pub fn start(name: &str, image: &Path, attach: &[&Path]) -> Console {
         let (kiln, _) = binaries();
         let mut c = Command::new(kiln);
@@ -350,6 +352,7 @@ impl Console {
             rx,
             lines: Vec::new(),
             log,
+            started: Instant::now(),
         }
     }
 
@@ -362,7 +365,8 @@ impl Console {
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
                     use std::io::Write;
-                    let _ = writeln!(self.log, "{line}");
+                    let t = self.started.elapsed().as_secs_f64();
+                    let _ = writeln!(self.log, "[{t:7.1}] {line}");
                     self.lines.push(line.clone());
                     if line.contains(what) {
                         return line;

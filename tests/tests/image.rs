@@ -39,7 +39,8 @@ fn gpt_matches_the_coreos_layout() {
     let a = run("sgdisk", &["-i", "3", img]);
     assert!(a.contains("7130C94A-213A-4E5A-8E26-6CCE9662F132"), "{a}");
     assert!(a.contains("5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6"), "{a}");
-    assert!(a.contains("Attribute flags: 0101000000000000"), "{a}");
+    // The slot state is on the ESP (/kiln/slots.env), not in the attribute bits.
+    assert!(a.contains("Attribute flags: 0000000000000000"), "{a}");
     let b = run("sgdisk", &["-i", "4", img]);
     assert!(
         b.contains("E03DD35C-7C2D-4A47-B3FE-27F15780A57C")
@@ -123,6 +124,7 @@ fn filesystems_are_clean_and_hold_the_split() {
         "::/grub/grub.cfg",
         "::/kiln/vmlinuz-a",
         "::/kiln/initrd-a",
+        "::/kiln/slots.env",
     ] {
         assert!(
             dir.lines().any(|l| l.eq_ignore_ascii_case(want)),
@@ -132,9 +134,29 @@ fn filesystems_are_clean_and_hold_the_split() {
     let cfg = run("mtype", &["-i", &esp, "::/grub/grub.cfg"]);
     assert!(
         cfg.contains("mount.usr=PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132")
+            && cfg.contains("mount.usr=PARTUUID=e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
+            && cfg.contains("load_env -f /kiln/slots.env")
             && cfg.contains("serial --unit=0"),
         "{cfg}"
     );
+    // The slot state, read by GRUB's own tool: A good at priority 1, B empty.
+    let env = test_dir().join("slots.env");
+    run(
+        "mcopy",
+        &["-i", &esp, "-o", "::/kiln/slots.env", env.to_str().unwrap()],
+    );
+    let list = run("grub-editenv", &[env.to_str().unwrap(), "list"]);
+    for want in [
+        "kiln_board=amd64-usr",
+        "kiln_a_priority=1",
+        "kiln_a_tries=0",
+        "kiln_a_successful=1",
+        "kiln_a_version=0.1.0",
+        "kiln_b_priority=0",
+        "kiln_b_successful=0",
+    ] {
+        assert!(list.lines().any(|l| l == want), "no {want} in:\n{list}");
+    }
 }
 
 #[test]
@@ -143,10 +165,10 @@ fn inspect_reports_table_and_next_slot() {
     let o = kiln(&["inspect", &img]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("next boot: slot A (USR-A, partition 3)"), "{t}");
+    assert!(t.contains("next boot: USR-A\n"), "{t}");
     assert!(
         t.lines()
-            .any(|l| l.contains("USR-A") && l.contains("priority=1 tries=0 successful=1")),
+            .any(|l| l == "USR-A: priority=1 tries=0 successful=1 version=0.1.0"),
         "{t}"
     );
     let o = kiln(&["inspect", "--json", &img]);
@@ -159,8 +181,10 @@ fn inspect_reports_table_and_next_slot() {
         .collect();
     assert_eq!(numbers, [1, 2, 3, 4, 6, 7, 9]);
     assert_eq!(parts[2]["type_name"], "coreos-usr");
-    assert_eq!(parts[2]["attributes"]["priority"], 1);
-    assert_eq!(parts[2]["attributes"]["successful"], true);
+    assert_eq!(parts[2]["attributes"], "0x0000000000000000");
+    assert_eq!(v["slots"]["a"]["priority"], 1);
+    assert_eq!(v["slots"]["a"]["successful"], true);
+    assert_eq!(v["slots"]["b"]["priority"], 0);
 }
 
 /// apt's fetch lines in a stage log that are package downloads (not index files).

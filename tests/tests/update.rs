@@ -256,8 +256,15 @@ fn made_payload(name: &str, key: &Path, board: &str, usr_bytes: u64) -> PathBuf 
     out
 }
 
-/// The bad payloads of the issue, each with the words its refusal must contain.
-fn bad_payloads() -> Vec<(&'static str, PathBuf, &'static str)> {
+/// The bad payloads of the issue, each with the words its refusal must contain. Made once:
+/// the tests that use them run in parallel.
+fn bad_payloads() -> &'static [(&'static str, PathBuf, &'static str)] {
+    static BAD: std::sync::OnceLock<Vec<(&'static str, PathBuf, &'static str)>> =
+        std::sync::OnceLock::new();
+    BAD.get_or_init(make_bad_payloads)
+}
+
+fn make_bad_payloads() -> Vec<(&'static str, PathBuf, &'static str)> {
     let (v2, _) = update_payloads();
     let h = header_len(v2);
     let other_key = test_dir().join("other-signing-key.pem");

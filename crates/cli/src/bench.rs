@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// downloaded, every stage rebuilt), instead of the cold/warm board-image benchmark.
     #[arg(long)]
     platforms: bool,
+    /// Time the update payload instead: its creation (cold xz), its size against the USR
+    /// image, and an offline apply to the board image against `xz -dc` of the same body.
+    #[arg(long, conflicts_with = "platforms")]
+    update: bool,
     /// The single platform of --platforms.
     #[arg(long, default_value = "qemu", value_name = "NAME")]
     one: String,
@@ -41,6 +45,9 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     let agent = crate::find_agent(a.agent)?;
     if a.platforms {
         return bench_platforms(&recipe, &a.recipe_args, &agent, a.work_dir, &a.one);
+    }
+    if a.update {
+        return bench_update(&recipe, &a.recipe_args, &agent, a.work_dir);
     }
     // The board image alone: the first bootable image, without platform artifacts.
     let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
@@ -189,6 +196,118 @@ fn bench_platforms(
     println!(
         "ratio {ratio:.2} (goal <= 1.5: {})",
         if ratio <= 1.5 { "met" } else { "missed" }
+    );
+    Ok(0)
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t = std::time::Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed().as_secs_f64()))
+}
+
+/// Payload creation and offline apply, against `xz -dc` of the same compressed bytes.
+fn bench_update(
+    recipe: &std::path::Path,
+    args: &crate::RecipeArgs,
+    agent: &std::path::Path,
+    work_dir: Option<PathBuf>,
+) -> Result<i32> {
+    use kiln_update::{apply, keys, payload};
+    let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
+    let resolved = crate::load_with(recipe, args, none)?;
+    let work = match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            tempfile::tempdir_in(d)?
+        }
+        None => tempfile::tempdir()?,
+    };
+    let tmp = work.path().to_path_buf();
+    eprintln!(
+        "kiln bench --update: {} in {}",
+        recipe.display(),
+        tmp.display()
+    );
+    let key = keys::generate_signing_key(&tmp.join("bench-key.pem"))?;
+    let public = key.verifying_key();
+    let out = kiln_build::build(
+        &resolved,
+        &BuildOptions {
+            cache: CacheDirs::new(tmp.join("cache"))?,
+            output_dir: tmp.join("out"),
+            agent: agent.to_path_buf(),
+            rebuild: false,
+            keep_raw: false,
+            signing: Some(kiln_build::Signing {
+                key,
+                insecure: true,
+            }),
+        },
+    )
+    .context("build")?;
+    let pfile = out.payload.context("the build made no payload")?;
+    let made = out
+        .stages
+        .iter()
+        .find(|s| s.stage == "payload")
+        .map_or(0.0, |s| s.seconds);
+    let mut f = std::fs::File::open(&pfile)?;
+    let opened = payload::open(&mut f, &[public])?;
+    let h = &opened.header;
+    let usr = h.sections[0].size;
+    let total = std::fs::metadata(&pfile)?.len();
+
+    // The body alone, for xz.
+    let body = tmp.join("body.xz");
+    {
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(opened.header_bytes_len))?;
+        std::io::copy(&mut f, &mut std::fs::File::create(&body)?)?;
+    }
+    let (_, xz_s) = timed(|| {
+        let st = std::process::Command::new("xz")
+            .arg("-dc")
+            .arg(&body)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "xz -dc failed");
+        Ok(())
+    })?;
+
+    let image = tmp.join("apply.bin");
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&out.image)
+        .arg(&image)
+        .status()?;
+    anyhow::ensure!(st.success(), "cp failed");
+    let (_, apply_s) = timed(|| {
+        let disk = apply::Disk::open(&image, true)?;
+        let mut src = std::fs::File::open(&pfile)?;
+        apply::apply(
+            &disk,
+            &mut src,
+            &[public],
+            kiln_update::state::Slot::A,
+            1,
+            &mut |_| {},
+        )
+    })?;
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("payload {}: {:.1} MiB", pfile.display(), mib(total));
+    println!(
+        "  USR image {:.1} MiB, kernel {:.1} MiB, initramfs {:.1} MiB; payload / USR = {:.2}",
+        mib(usr),
+        mib(h.sections[1].size),
+        mib(h.sections[2].size),
+        total as f64 / usr as f64
+    );
+    println!("  made in {made:.1} s (xz chunk cache cold)");
+    println!(
+        "offline apply to the board image: {apply_s:.2} s; xz -dc of the same body to /dev/null: {xz_s:.2} s; ratio {:.2} (goal <= 1.3)",
+        apply_s / xz_s
     );
     Ok(0)
 }
