@@ -407,39 +407,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let (initrd_dir, rep) = initrd?;
     reports.push(rep);
 
-    // The update payload: this build's USR, kernel and initramfs, signed.
-    let payload = match &opts.signing {
-        None => {
-            tracing::warn!("no signing key: no update payload is made, and the image trusts no update (give --signing-key FILE, or --dev-key for an insecure development key)");
-            None
-        }
-        Some(sig) => {
-            let payload_key = Key::new("payload")
-                .add("usr", &usr_key)
-                .add("kernel", &kernel_key)
-                .add("initramfs", &initramfs_key)
-                .add("os", serde_json::to_string(&r.os)?)
-                .add("board", &r.board.name)
-                .add("epoch", epoch.to_string())
-                .add("key", update_key_pem.as_deref().unwrap_or(""))
-                .add("format", kiln_update::payload::FORMAT_VERSION.to_string())
-                .finish();
-            let (dir, rep) = cache.stage("payload", &payload_key, opts.rebuild, |out| {
-                payload_stage(
-                    r,
-                    sig,
-                    &usr_dir.join("fs.img"),
-                    &kst,
-                    &initrd_dir.join("initrd.img"),
-                    &cache.root.join("xz-chunks"),
-                    &out.join("update.payload"),
-                )
-            })?;
-            reports.push(rep);
-            Some(dir.join("update.payload"))
-        }
-    };
-
     let shared = Shared {
         r,
         opts,
@@ -470,7 +437,42 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         .join(format!(".kiln-staging-{}", std::process::id()));
     std::fs::create_dir(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
-    let results: Vec<Result<(Vec<StageReport>, Vec<PathBuf>)>> = std::thread::scope(|s| {
+    // The update payload: this build's USR, kernel and initramfs, signed.
+    // Made while the images are written: it needs only USR, the kernel and the initramfs.
+    let make_payload = || -> Result<Option<(PathBuf, StageReport)>> {
+        Ok(match &opts.signing {
+            None => {
+                tracing::warn!("no signing key: no update payload is made, and the image trusts no update (give --signing-key FILE, or --dev-key for an insecure development key)");
+                None
+            }
+            Some(sig) => {
+                let payload_key = Key::new("payload")
+                    .add("usr", &usr_key)
+                    .add("kernel", &kernel_key)
+                    .add("initramfs", &initramfs_key)
+                    .add("os", serde_json::to_string(&r.os)?)
+                    .add("board", &r.board.name)
+                    .add("epoch", epoch.to_string())
+                    .add("key", update_key_pem.as_deref().unwrap_or(""))
+                    .add("format", kiln_update::payload::FORMAT_VERSION.to_string())
+                    .finish();
+                let (dir, rep) = cache.stage("payload", &payload_key, opts.rebuild, |out| {
+                    payload_stage(
+                        r,
+                        sig,
+                        &usr_dir.join("fs.img"),
+                        &kst,
+                        &initrd_dir.join("initrd.img"),
+                        &cache.root.join("xz-chunks"),
+                        &out.join("update.payload"),
+                    )
+                })?;
+                Some((dir.join("update.payload"), rep))
+            }
+        })
+    };
+    let (payload, results) = std::thread::scope(|s| {
+        let p = s.spawn(make_payload);
         let handles: Vec<_> = variants
             .iter()
             .zip(&plans)
@@ -480,11 +482,22 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
                 s.spawn(move || build_variant(shared, v, plan, work, staging))
             })
             .collect();
-        handles
+        let results: Vec<Result<(Vec<StageReport>, Vec<PathBuf>)>> = handles
             .into_iter()
             .map(|h| h.join().expect("image thread"))
-            .collect()
+            .collect();
+        (p.join().expect("payload thread"), results)
     });
+    let payload = match payload {
+        Ok(p) => p.map(|(path, rep)| {
+            reports.push(rep);
+            path
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e.context("update payload"));
+        }
+    };
     let mut image = PathBuf::new();
     let mut artifacts = Vec::new();
     let mut staged = Vec::new();

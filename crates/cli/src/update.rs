@@ -107,8 +107,8 @@ pub enum SlotCmd {
 
 #[derive(Subcommand)]
 pub enum UpdateCmd {
-    /// Apply a signed payload to the passive slot of an image (the slot the next boot does
-    /// not take), then mark it to be tried at the next boot.
+    /// Apply a signed payload to the passive slot of an image (the slot other than the best
+    /// one that booted successfully), then mark it to be tried at the next boot.
     Apply {
         image: PathBuf,
         payload: PathBuf,
@@ -257,11 +257,12 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
                 .with_context(|| format!("cannot open the payload {}", pfile.display()))?;
             let img = Image::open(&image, true)?;
             let disk = Disk::open(&img.raw, true)?;
+            // The slot kept is the fallback (the best slot that booted successfully), so an
+            // untried update is what gets replaced, never the last known-good system.
             let active = disk
                 .state()?
-                .next_boot()
-                .context("no slot of this image is bootable, so none can be kept as the fallback: mark one good first")?
-                .slot;
+                .keeper()
+                .context("no slot of this image is bootable, so none can be kept as the fallback: mark one good first")?;
             let applied = apply::apply(&disk, &mut src, &trusted, active, tries, &mut |m| {
                 eprintln!("{m}")
             })?;

@@ -142,6 +142,22 @@ impl SlotState {
         })
     }
 
+    /// The slot to keep when updating an image offline: the highest-priority slot that has
+    /// booted successfully (the fallback), else the one the next boot takes.
+    pub fn keeper(&self) -> Option<Slot> {
+        let mut best: Option<Slot> = None;
+        for s in SLOTS {
+            let f = self.get(s);
+            if f.priority > 0
+                && f.successful
+                && best.is_none_or(|b| f.priority > self.get(b).priority)
+            {
+                best = Some(s);
+            }
+        }
+        best.or_else(|| self.next_boot().map(|c| c.slot))
+    }
+
     /// What GRUB does at boot: pick, and use up a try if picked on tries.
     pub fn boot(&mut self) -> Option<Slot> {
         let c = self.next_boot()?;
@@ -517,10 +533,13 @@ mod tests {
                 consumes_try: true
             })
         );
+        // Offline, the untried B is not what an update may overwrite: A is the fallback.
+        assert_eq!(s.keeper(), Some(Slot::A));
         assert_eq!(s.boot(), Some(Slot::B));
         assert_eq!(s.b.tries, 0);
         assert!(s.mark_good(Slot::B).unwrap());
         assert!(!s.mark_good(Slot::B).unwrap());
+        assert_eq!(s.keeper(), Some(Slot::B));
         assert_eq!(s.boot(), Some(Slot::B));
         // v3 into A never marks itself good: one try, then B again, and again.
         s.invalidate(Slot::A);
