@@ -239,6 +239,8 @@ fn a_second_build_without_mount_rights_downloads_nothing_and_is_byte_identical()
             "--platform",
             "none",
             "--rebuild",
+            // The same inputs as the first build, whose image trusts the development key.
+            "--dev-key",
             "--output",
             out.to_str().unwrap(),
         ]);

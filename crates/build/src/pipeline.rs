@@ -337,20 +337,9 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         tool_peak_rss_kib: 0,
     });
 
-    // One initramfs for the board, with the modules of every platform built: a slot's
-    // kernel and initramfs travel in the update payload, which serves every platform.
-    let mut modules: Vec<String> = Vec::new();
-    for m in r
-        .kernel
-        .initramfs_modules
-        .iter()
-        .chain(r.platforms.iter().flat_map(|p| &p.initramfs_modules))
-    {
-        // First mention wins: the order is the load order of unrelated drivers.
-        if !modules.contains(m) {
-            modules.push(m.clone());
-        }
-    }
+    // One initramfs for the board, with the modules of every platform of the board: a
+    // slot's kernel and initramfs travel in the update payload, which serves every platform.
+    let modules = &r.kernel.board_initramfs_modules;
     let oem_spec = format!(
         "PARTLABEL={}",
         r.layout
@@ -381,7 +370,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
                         kernel: &kst.tree(),
                         busybox: &kst.dir.join("busybox"),
                         agent: &opts.agent,
-                        modules: &modules,
+                        modules,
                         usr_fstype: r.usr_filesystem.as_str(),
                         oem_spec: &oem_spec,
                         epoch,

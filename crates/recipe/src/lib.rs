@@ -132,7 +132,11 @@ pub struct Kernel {
     pub source: board::KernelSource,
     pub package: String,
     pub cmdline: Vec<String>,
+    /// The board's and the recipe's initramfs modules.
     pub initramfs_modules: Vec<String>,
+    /// Those and the modules of every platform profile of the board: what the one initramfs
+    /// of the board carries.
+    pub board_initramfs_modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -457,22 +461,36 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             n.clone()
         }
     };
-    let mut platforms = Vec::new();
-    for name in names {
-        if platforms
-            .iter()
-            .any(|p: &platform::Platform| p.name == name)
-        {
-            continue;
-        }
-        platforms.push(load_platform(
+    // Every platform of the board is loaded (and so checked): the board's one initramfs
+    // carries the modules of all of them, whichever are built now, so the board image and
+    // the update payload do not depend on the platform selection.
+    let mut all = Vec::new();
+    let mut board_initramfs_modules = initramfs_modules.clone();
+    for name in &known {
+        let p = load_platform(
             &board_dir,
-            &name,
+            name,
             &layout_path,
             &firmware,
             &cmdline,
             &initramfs_modules,
-        )?);
+        )?;
+        for m in &p.initramfs_modules {
+            // First mention wins: the order is the load order of unrelated drivers.
+            if !board_initramfs_modules.contains(m) {
+                board_initramfs_modules.push(m.clone());
+            }
+        }
+        all.push(p);
+    }
+    let mut platforms: Vec<platform::Platform> = Vec::new();
+    for name in names {
+        if platforms.iter().any(|p| p.name == name) {
+            continue;
+        }
+        if let Some(p) = all.iter().find(|p| p.name == name) {
+            platforms.push(p.clone());
+        }
     }
 
     Ok(Resolved {
@@ -508,6 +526,7 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             package: r.kernel.package.clone().unwrap_or(b.kernel.package.clone()),
             cmdline,
             initramfs_modules,
+            board_initramfs_modules,
         },
         layout,
         oem: Oem {
