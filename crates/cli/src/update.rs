@@ -190,7 +190,7 @@ pub fn key(cmd: KeyCmd) -> Result<i32> {
 pub fn slot(cmd: SlotCmd) -> Result<i32> {
     match cmd {
         SlotCmd::Status { image, json } => {
-            let img = Image::open(&image, false)?;
+            let img = Image::open(&image)?;
             let st = Disk::open(&img.raw, false)?.state()?;
             if json {
                 let v = serde_json::json!({
@@ -205,13 +205,13 @@ pub fn slot(cmd: SlotCmd) -> Result<i32> {
             img.finish(false)?;
         }
         SlotCmd::SetNext { image, slot, tries } => {
-            let img = Image::open(&image, true)?;
+            let img = Image::open(&image)?;
             let st = Disk::open(&img.raw, true)?.set_next(slot, tries)?;
             img.finish(true)?;
             print!("{st}");
         }
         SlotCmd::MarkGood { image, slot } => {
-            let img = Image::open(&image, true)?;
+            let img = Image::open(&image)?;
             let disk = Disk::open(&img.raw, true)?;
             let mut st = disk.state()?;
             let slot = match slot {
@@ -255,7 +255,7 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
             let trusted = trusted(&key_files)?;
             let mut src = File::open(&pfile)
                 .with_context(|| format!("cannot open the payload {}", pfile.display()))?;
-            let img = Image::open(&image, true)?;
+            let img = Image::open(&image)?;
             let disk = Disk::open(&img.raw, true)?;
             // The slot kept is the fallback (the best slot that booted successfully), so an
             // untried update is what gets replaced, never the last known-good system.
@@ -348,7 +348,7 @@ struct Image {
 }
 
 impl Image {
-    fn open(path: &Path, _write: bool) -> Result<Self> {
+    fn open(path: &Path) -> Result<Self> {
         match crate::run::detect_format(path)? {
             "raw" => Ok(Self {
                 orig: path.to_path_buf(),

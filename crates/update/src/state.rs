@@ -419,7 +419,11 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
             slot_key(other(slot))
         ));
     }
-    s.push_str("fi\nset default=\"usr-$kiln_slot\"\n");
+    // If the chosen entry cannot be loaded (a missing kernel), GRUB boots the other one.
+    s.push_str(
+        "fi\nset default=\"usr-$kiln_slot\"\n\
+         if [ \"$kiln_slot\" = a ]; then set fallback=usr-b; else set fallback=usr-a; fi\n",
+    );
     for e in entries {
         let k = slot_key(e.slot);
         s.push_str(&format!(
@@ -580,6 +584,7 @@ mod tests {
             cmdline: "mount.usr=PARTUUID=x".into(),
         }]);
         assert!(g.contains("load_env -f /kiln/slots.env"));
+        assert!(g.contains("set fallback=usr-b; else set fallback=usr-a"));
         assert!(g.contains("save_env -f /kiln/slots.env kiln_b_tries"));
         assert!(g.contains("elif [ \"$kiln_a_tries\" = 15 ]; then set kiln_a_tries=14\n"));
         assert!(g.contains("linux /kiln/vmlinuz-b mount.usr=PARTUUID=x"));
