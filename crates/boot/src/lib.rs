@@ -4,5 +4,6 @@
 
 pub mod grub;
 pub mod initramfs;
+pub mod kconfig;
 pub mod kernel;
 pub mod modules;

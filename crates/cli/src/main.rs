@@ -2,6 +2,7 @@
 
 mod bench;
 mod inspect;
+mod kernel;
 mod run;
 mod update;
 
@@ -90,6 +91,9 @@ enum Cmd {
     /// Benchmark a build: cold (empty caches), warm (packages cached) and fully cached, with
     /// the time and peak memory of every stage.
     Bench(bench::BenchArgs),
+    /// Kernel configurations: check one against the platforms' requirements.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
     /// Signing keys for update payloads.
     #[command(subcommand)]
     Key(update::KeyCmd),
@@ -102,6 +106,11 @@ enum Cmd {
 }
 
 fn main() {
+    // Output piped into `head` ends quietly, as with other command-line tools.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "info",
@@ -217,6 +226,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Inspect { image, json } => inspect::inspect(&image, json).map(|_| 0),
         Cmd::Run(args) => run::run(args),
         Cmd::Bench(args) => bench::bench(args),
+        Cmd::Kernel(c) => kernel::kernel(c),
         Cmd::Key(c) => update::key(c),
         Cmd::Slot(c) => update::slot(c),
         Cmd::Update(c) => update::update(c),
