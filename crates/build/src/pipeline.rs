@@ -614,7 +614,9 @@ fn build_variant(
     reports.push(rep);
 
     // The ESP: GRUB for UEFI, grub.cfg, the slot state, slot A's kernel and initramfs.
-    let slots_env = initial_state(r, v)?.to_env()?;
+    let slots_env = initial_state(r, v)?
+        .to_env()
+        .context("the initial slot state cannot be written")?;
     let cfg = grub::config(
         &kiln_update::state::grub_script(
             &[SlotName::A, SlotName::B]
@@ -756,14 +758,11 @@ fn initial_state(r: &Resolved, v: &Variant) -> Result<kiln_update::state::SlotSt
             },
         })
     };
-    let st = kiln_update::state::SlotState {
+    Ok(kiln_update::state::SlotState {
         board: r.board.name.clone(),
         a: fields(SlotName::A)?,
         b: fields(SlotName::B)?,
-    };
-    st.to_env()
-        .context("the initial slot state cannot be written")?;
-    Ok(st)
+    })
 }
 
 fn kernel_cmdline(v: &Variant, slot: SlotName) -> Result<String> {

@@ -344,7 +344,7 @@ struct Image {
     orig: PathBuf,
     raw: PathBuf,
     qcow2_compat: Option<String>,
-    _tmp: Option<tempfile::TempDir>,
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl Image {
@@ -354,7 +354,7 @@ impl Image {
                 orig: path.to_path_buf(),
                 raw: path.to_path_buf(),
                 qcow2_compat: None,
-                _tmp: None,
+                tmp: None,
             }),
             "qcow2" => {
                 let qemu_img = kiln_fs::tools::require("qemu-img")?;
@@ -388,7 +388,7 @@ impl Image {
                     orig: path.to_path_buf(),
                     raw,
                     qcow2_compat: Some(compat),
-                    _tmp: Some(tmp),
+                    tmp: Some(tmp),
                 })
             }
             other => bail!(
@@ -401,7 +401,7 @@ impl Image {
 
     /// For a changed qcow2: convert back and rename over the original.
     fn finish(self, changed: bool) -> Result<()> {
-        let (Some(compat), Some(tmp), true) = (&self.qcow2_compat, &self._tmp, changed) else {
+        let (Some(compat), Some(tmp), true) = (&self.qcow2_compat, &self.tmp, changed) else {
             return Ok(());
         };
         let out = tmp.path().join("disk.qcow2");

@@ -282,25 +282,7 @@ impl Vm {
             .stderr(Stdio::piped());
         let mut child = ChildGuard(c.spawn().context("cannot start QEMU")?);
         let stdout = child.0.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf)
-                            .trim_end_matches(['\r', '\n'])
-                            .to_string();
-                        if tx.send(line).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        let rx = console_lines(stdout);
         let deadline = Instant::now() + timeout;
         let mut boot = Boot {
             console: Vec::new(),
@@ -346,6 +328,31 @@ impl Vm {
             }
         }
     }
+}
+
+/// The lines a guest's serial console prints, delivered by a reader thread as they arrive
+/// (without their line ends); the channel closes when the stream ends.
+pub fn console_lines<R: std::io::Read + Send + 'static>(out: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 fn last_lines(lines: &[String], n: usize) -> String {
