@@ -3,7 +3,12 @@
 # lints, unit tests and the integration tests that build images and boot them in QEMU (TCG).
 set -eu
 cd "$(dirname "$0")/.."
+# One-shot builds: incremental state would only take disk space (gigabytes of it).
+export CARGO_INCREMENTAL=0
 scripts/install-deps.sh
+# Images, payloads and their copies need several GiB: show what there is, for when it runs out.
+df -h . | sed 's/^/disk: /'
+trap 'du -sh target target/kiln-test 2>/dev/null | sed "s/^/disk used: /"' EXIT
 scripts/build.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

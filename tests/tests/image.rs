@@ -228,7 +228,8 @@ fn newest_stage_log(stage: &str) -> std::path::PathBuf {
 #[test]
 fn a_second_build_without_mount_rights_downloads_nothing_and_is_byte_identical() {
     let first = minimal_image();
-    let out = test_dir().join("out-repeat");
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let out = scratch.path();
     let (kiln_bin, _) = kiln_tests::binaries();
     let mut c = Command::new("capsh");
     c.args(["--drop=cap_sys_admin", "--", "-c", "exec \"$0\" \"$@\""])

@@ -88,8 +88,8 @@ fn payload_is_built_signed_and_described() {
 
 #[test]
 fn build_without_key_makes_no_payload_and_says_so() {
-    let out = test_dir().join("out-nokey");
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let out = scratch.path();
     minimal_out();
     let o = kiln(&[
         "build",

@@ -68,7 +68,8 @@ pub fn disk_size(r: &Resolved, p: &Platform, planned: u64) -> Result<u64> {
     Ok(size)
 }
 
-/// Writes the platform's files into `out`; returns their paths.
+/// Writes the platform's files into `out`; returns their paths. With `keep_raw`, `raw` itself
+/// is moved into `out` (not copied), so the caller must not expect it afterwards.
 pub fn produce(
     r: &Resolved,
     p: &Platform,
@@ -178,7 +179,7 @@ pub fn produce(
     if keep_raw {
         // For checks against the artifacts (qemu-img compare): not a release file.
         let kept = out.join(format!("{stem}_image.raw"));
-        fmt::convert(raw, &fmt::DiskFormat::Raw, &kept)?;
+        fmt::move_raw(raw, &kept)?;
         files.push(kept);
     }
     Ok(files)

@@ -719,7 +719,10 @@ fn build_variant(
                 opts.keep_raw,
                 &cache.root.join("xz-chunks"),
             )?;
-            std::fs::remove_file(&raw)?;
+            if !opts.keep_raw {
+                std::fs::remove_file(&raw)
+                    .with_context(|| format!("cannot remove {}", raw.display()))?;
+            }
             files
         }
     };

@@ -155,6 +155,22 @@ pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Moves a finished raw disk to `dest`: a rename where both are on one filesystem, so the
+/// bytes are not written twice (a kept raw disk is as large as the disk's data), else a
+/// sparse copy to a temporary name, renamed, and the source removed.
+pub fn move_raw(raw: &Path, dest: &Path) -> Result<()> {
+    match std::fs::rename(raw, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot move {} to {}", raw.display(), dest.display()))
+        }
+    }
+    convert(raw, &DiskFormat::Raw, dest)?;
+    std::fs::remove_file(raw).with_context(|| format!("cannot remove {}", raw.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
