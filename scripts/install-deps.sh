@@ -23,7 +23,14 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
     e2fsprogs dosfstools mtools erofs-utils squashfs-tools \
     grub-common grub-pc-bin grub-efi-amd64-bin ovmf \
     "qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version" \
-    gdisk libcap2-bin kmod xz-utils pigz gcc libc6-dev
+    gdisk libcap2-bin kmod xz-utils pigz gcc libc6-dev \
+    make binutils bc bison flex perl libelf-dev libssl-dev
+
+# Debian's kernel source (138 MB), for recipes/source-kernel.toml and the slow kernel test
+# that KILN_KERNEL_TESTS=1 turns on; the toolchain to build it is in the list above.
+if [ "${KILN_KERNEL_TESTS:-0}" = 1 ] || [ "${KILN_KERNEL_SOURCE:-0}" = 1 ]; then
+    apt-get install -y -q --no-install-recommends linux-source-6.1
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo is not installed; kiln needs a Rust toolchain (rustup, Rust 1.87 or later)" >&2

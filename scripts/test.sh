@@ -1,6 +1,7 @@
 #!/bin/sh
 # The whole test suite, from a fresh Debian bookworm machine (as root): tools, formatting,
 # lints, unit tests and the integration tests that build images and boot them in QEMU (TCG).
+# KILN_KERNEL_TESTS=1 adds the slow test that builds a kernel from source and boots it.
 set -eu
 cd "$(dirname "$0")/.."
 # One-shot builds: incremental state would only take disk space (gigabytes of it).
@@ -13,3 +14,7 @@ scripts/build.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace -- --test-threads=2
+# The slow kernel test (a kernel built from linux-source-6.1, then booted), when asked for.
+if [ "${KILN_KERNEL_TESTS:-0}" = 1 ]; then
+    cargo test --locked -p kiln-tests --test kernel_source -- --ignored
+fi

@@ -18,6 +18,19 @@ pub enum Value {
     Num(String),
 }
 
+impl Value {
+    /// The value as a .config line has it after `=`.
+    fn to_config(&self) -> String {
+        match self {
+            Value::Yes => "y".into(),
+            Value::Module => "m".into(),
+            Value::No => "n".into(),
+            Value::Str(s) => format!("\"{s}\""),
+            Value::Num(n) => n.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -111,6 +124,19 @@ impl Config {
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.values.get(name).map(|(v, _)| v)
     }
+
+    /// The merged configuration as one fragment, in name order.
+    pub fn to_text(&self) -> String {
+        let mut t = String::new();
+        for (name, (v, _)) in &self.values {
+            let line = match v {
+                Value::No => format!("# CONFIG_{name} is not set\n"),
+                v => format!("CONFIG_{name}={}\n", v.to_config()),
+            };
+            t.push_str(&line);
+        }
+        t
+    }
 }
 
 /// kernel-config/requirements/<platform>.toml.
@@ -146,6 +172,62 @@ impl Requirements {
         }
         Ok(r)
     }
+}
+
+/// The result of checking one platform.
+#[derive(Debug, Clone)]
+pub struct PlatformCheck {
+    pub platform: String,
+    /// None when the platform declares no requirement list.
+    pub requirements: Option<usize>,
+    pub misses: Vec<Miss>,
+}
+
+impl PlatformCheck {
+    /// One line per miss, `<platform>: CONFIG_X is <have>, needs <want>`.
+    pub fn lines(&self) -> Vec<String> {
+        self.misses
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}: CONFIG_{} is {}, needs {}",
+                    self.platform, m.option, m.have, m.want
+                )
+            })
+            .collect()
+    }
+}
+
+/// Checks `c` against the requirement list of each selected platform of `r` (or the lists
+/// in `dir`, `<platform>.toml`, when given), with the board's initramfs modules.
+pub fn check_platforms(
+    c: &Config,
+    r: &kiln_recipe::Resolved,
+    dir: Option<&Path>,
+) -> Result<Vec<PlatformCheck>> {
+    let mut out = Vec::new();
+    for p in &r.platforms {
+        let path = match dir {
+            Some(d) => Some(d.join(format!("{}.toml", p.name))),
+            None => p.kernel_requirements.clone(),
+        };
+        let Some(path) = path else {
+            out.push(PlatformCheck {
+                platform: p.name.clone(),
+                requirements: None,
+                misses: Vec::new(),
+            });
+            continue;
+        };
+        let req = Requirements::read(&path)
+            .with_context(|| format!("kernel requirements of platform {}", p.name))?;
+        out.push(PlatformCheck {
+            platform: p.name.clone(),
+            requirements: Some(req.builtin.len() + req.builtin_or_module.len()),
+            misses: check(c, &req, &r.kernel.board_initramfs_modules),
+        });
+    }
+    Ok(out)
 }
 
 /// One requirement the configuration does not meet.

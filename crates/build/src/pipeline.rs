@@ -88,6 +88,9 @@ fn required_tools(r: &Resolved) -> Vec<&'static str> {
     if r.has_firmware(Firmware::Uefi) {
         t.push("/usr/lib/grub/x86_64-efi/linux.mod");
     }
+    if r.kernel.build.is_some() {
+        t.extend(kiln_boot::kbuild::TOOLS);
+    }
     t
 }
 
@@ -229,7 +232,23 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         .add("epoch", epoch.to_string())
         .add("mmdebstrap", &versions.mmdebstrap)
         .finish();
+    // A kernel from source is keyed by the source, the fragments and the toolchain: an
+    // unchanged one is never rebuilt.
+    let source_key = match &r.kernel.build {
+        Some(b) => {
+            kiln_boot::kbuild::check_arch(&r.board.arch)?;
+            Some(format!(
+                "{}\n{}\n{:?}\n{}",
+                kiln_boot::kbuild::source_hash(&b.source)?,
+                b.fragments_hash,
+                b.base,
+                kiln_boot::kbuild::toolchain()?
+            ))
+        }
+        None => None,
+    };
     let kernel_key = Key::new("kernel")
+        .add("source", source_key.as_deref().unwrap_or("debian"))
         .add("package", &r.kernel.package)
         .add("suite", &r.packages.suite)
         .add("mirrors", r.packages.mirrors.join(" "))
@@ -244,7 +263,10 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let (packages, kernel_stage) = std::thread::scope(|s| {
         let k = s.spawn(|| {
             cache.stage("kernel", &kernel_key, opts.rebuild, |out| {
-                kernel_stage(r, &debs, epoch, out)
+                match &r.kernel.build {
+                    Some(b) => kernel_source_stage(r, b, cache, &kernel_key, &debs, out),
+                    None => kernel_stage(r, &debs, epoch, out),
+                }
             })
         });
         let p = cache.stage("packages", &packages_key, opts.rebuild, |out| {
@@ -273,6 +295,8 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         dir: kernel_dir,
         version: kver.clone(),
     };
+    // Before any image is written: the kernel has what every platform built needs.
+    check_kernel(r, &kst.dir.join("config"))?;
 
     let usr_part = r.layout.slot(SlotName::A).expect("layout checked");
     let esp_number = r
@@ -875,6 +899,140 @@ fn kernel_stage(r: &Resolved, debs: &Path, epoch: i64, out: &Path) -> Result<()>
     std::fs::rename(busybox, out.join("busybox"))?;
     std::fs::write(out.join("version"), format!("{}\n", k.version))?;
     std::fs::remove_dir_all(&tree)?;
+    st::normalize_times(out, epoch)
+}
+
+/// The kernel config against each selected platform's requirement list: a miss fails the
+/// build, listing every miss.
+fn check_kernel(r: &Resolved, config: &Path) -> Result<()> {
+    if !r.platforms.iter().any(|p| p.kernel_requirements.is_some()) {
+        return Ok(());
+    }
+    if !config.is_file() {
+        bail!(
+            "the kernel has no config file ({}) to check the platforms' kernel requirements against",
+            config.display()
+        );
+    }
+    let c = kiln_boot::kconfig::Config::read(config)?;
+    let lines: Vec<String> = kiln_boot::kconfig::check_platforms(&c, r, None)?
+        .iter()
+        .flat_map(|pc| pc.lines())
+        .collect();
+    if !lines.is_empty() {
+        bail!(
+            "the kernel does not meet the platforms' kernel requirements; no image was written:\n  {}\n\
+             fix the kernel config (or the requirement lists named by the platform profiles); \
+             `kiln kernel check --config {}` shows the same",
+            lines.join("\n  "),
+            config.display()
+        );
+    }
+    tracing::info!(
+        "kernel: meets the requirements of {} platform(s)",
+        r.platforms.len()
+    );
+    Ok(())
+}
+
+/// A kernel built from source, and busybox-static from Debian: the same outputs as
+/// `kernel_stage` (vmlinuz, config, modules/, busybox, version), plus the migration report
+/// and the build log.
+fn kernel_source_stage(
+    r: &Resolved,
+    b: &kiln_recipe::KernelBuild,
+    cache: &CacheDirs,
+    key: &str,
+    debs: &Path,
+    out: &Path,
+) -> Result<()> {
+    use kiln_boot::kbuild;
+    let epoch = r.source_date_epoch;
+    let logs = cache.root.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("kernel-{}.log", &key[..16]));
+    let report_path = logs.join(format!("kernel-{}.migration.txt", &key[..16]));
+    let _ = std::fs::remove_file(&log);
+    tracing::info!(
+        "kernel: building from {}; log: {}",
+        b.source.display(),
+        log.display()
+    );
+
+    let hash = kbuild::source_hash(&b.source)?;
+    let tree = kbuild::tree(&b.source, &hash, &cache.root.join("kernel-src"))?;
+    let work = cache.work_dir()?;
+    let build = kbuild::Build {
+        tree: &tree,
+        dir: &work.path().join("kbuild"),
+        arch: &r.board.arch,
+        log: &log,
+        epoch,
+    };
+    let (asked, resolved) = build.configure(&b.fragments, b.base)?;
+    let release = build.release()?;
+    let migration = kbuild::migration(&asked, &resolved, &kbuild::symbols(&tree)?);
+    let violations: Vec<String> = kiln_boot::kconfig::check_platforms(&resolved, r, None)?
+        .iter()
+        .flat_map(|pc| pc.lines())
+        .collect();
+    let fragments: Vec<String> = b
+        .fragments
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    let report = migration.report(
+        &format!(
+            "kernel {release} from {}\nconfig: {} under {}",
+            b.source.display(),
+            fragments.join(", "),
+            b.base.make_target()
+        ),
+        &violations,
+    );
+    std::fs::write(&report_path, &report)?;
+    tracing::info!(
+        "kernel {release}: {} option(s) no longer exist, {} changed by the migration, {} requirement(s) violated; report: {}",
+        migration.gone.len(),
+        migration.changed.len(),
+        violations.len(),
+        report_path.display()
+    );
+    if !violations.is_empty() {
+        bail!(
+            "the configured kernel does not meet the platforms' kernel requirements (nothing was compiled):\n  {}\n\
+             fix the recipe's kernel fragments; the migration report is {}",
+            violations.join("\n  "),
+            report_path.display()
+        );
+    }
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let image = build.compile(jobs)?;
+    build.install_modules(&out.join("modules"), &release)?;
+    std::fs::copy(&image, out.join("vmlinuz"))?;
+    std::fs::copy(build.dir.join(".config"), out.join("config"))?;
+    std::fs::write(out.join("migration-report.txt"), &report)?;
+    std::fs::copy(&log, out.join("build.log"))?;
+    std::fs::write(out.join("version"), format!("{release}\n"))?;
+
+    // busybox for the initramfs, from Debian as on the prebuilt path.
+    let extract = out.join("extract");
+    Bootstrap {
+        packages: &r.packages,
+        variant: "extract",
+        include: &["busybox-static".to_string()],
+        arch: &r.board.debian_arch,
+        epoch,
+        deb_cache: debs,
+    }
+    .run(&extract, &out.join("mmdebstrap.log"))?;
+    let busybox = ["usr/bin/busybox", "bin/busybox"]
+        .iter()
+        .map(|p| extract.join(p))
+        .find(|p| p.is_file())
+        .context("busybox-static did not provide /bin/busybox")?;
+    std::fs::rename(busybox, out.join("busybox"))?;
+    std::fs::remove_dir_all(&extract)?;
     st::normalize_times(out, epoch)
 }
 

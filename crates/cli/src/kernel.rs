@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use kiln_boot::kconfig::{self, Config, Requirements};
+use anyhow::Result;
+use kiln_boot::kconfig::{self, Config};
 
 #[derive(clap::Subcommand)]
 pub enum KernelCmd {
@@ -19,8 +19,8 @@ pub enum KernelCmd {
         /// Platforms: comma-separated names or `all` [default: the recipe's]
         #[arg(long, value_name = "NAMES")]
         platform: Option<kiln_recipe::PlatformSelection>,
-        /// Directory of the requirement lists [default: kernel-config/requirements beside the
-        /// board profiles directory]
+        /// Directory of requirement lists, `<platform>.toml` [default: each platform profile's
+        /// kernel-requirements]
         #[arg(long, value_name = "DIR")]
         requirements: Option<PathBuf>,
         #[command(flatten)]
@@ -38,38 +38,18 @@ pub fn kernel(cmd: KernelCmd) -> Result<i32> {
     } = cmd;
     let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
     let r = crate::load_with(&recipe, &recipe_args, platform)?;
-    let dir = requirements.unwrap_or_else(|| {
-        r.board_dir
-            .parent()
-            .unwrap_or(&r.board_dir)
-            .join("kernel-config/requirements")
-    });
     let c = Config::read(&config)?;
     let mut misses = 0;
-    for p in &r.platforms {
-        let path = dir.join(format!("{}.toml", p.name));
-        let req = Requirements::read(&path).with_context(|| {
-            format!(
-                "platform {} has no requirement list {}",
-                p.name,
-                path.display()
-            )
-        })?;
-        let miss = kconfig::check(&c, &req, &r.kernel.board_initramfs_modules);
-        if miss.is_empty() {
-            println!(
-                "{}: ok ({} requirements)",
-                p.name,
-                req.builtin.len() + req.builtin_or_module.len()
-            );
+    for pc in kconfig::check_platforms(&c, &r, requirements.as_deref())? {
+        match pc.requirements {
+            None => println!("{}: no kernel requirements declared", pc.platform),
+            Some(n) if pc.misses.is_empty() => println!("{}: ok ({n} requirements)", pc.platform),
+            Some(_) => {}
         }
-        for m in &miss {
-            println!(
-                "{}: CONFIG_{} is {}, needs {}",
-                p.name, m.option, m.have, m.want
-            );
+        for l in pc.lines() {
+            println!("{l}");
         }
-        misses += miss.len();
+        misses += pc.misses.len();
     }
     if misses > 0 {
         eprintln!("{misses} requirement(s) missed by {}", config.display());

@@ -209,6 +209,24 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         } => {
             let r = load(&recipe, &recipe_args)?;
             let platforms: Vec<&str> = r.platforms.iter().map(|p| p.name.as_str()).collect();
+            let kernel = match &r.kernel.build {
+                Some(b) => {
+                    // The fragments parse (errors at file:line) and the requirement lists read.
+                    let mut c = kiln_boot::kconfig::Config::default();
+                    for f in &b.fragments {
+                        c.apply_file(f)?;
+                    }
+                    kiln_boot::kconfig::check_platforms(&c, &r, None)?;
+                    format!(
+                        "built from {} ({} fragments, {} options, under {})",
+                        b.source.display(),
+                        b.fragments.len(),
+                        c.values.len(),
+                        b.base.make_target()
+                    )
+                }
+                None => r.kernel.package.clone(),
+            };
             println!(
                 "{}: ok — board {}, layout {} ({}), {} partitions, {} overlay(s), OEM {}, kernel {}, platforms: {}",
                 recipe.display(),
@@ -218,7 +236,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 r.layout.partitions.len(),
                 r.overlays.len(),
                 r.oem.id,
-                r.kernel.package,
+                kernel,
                 if platforms.is_empty() { "none".to_string() } else { platforms.join(", ") }
             );
             Ok(0)

@@ -23,6 +23,17 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("pigz", "pigz"),
     ("tar", "tar"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    // Building a kernel from source.
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("ld", "binutils"),
+    ("bc", "bc"),
+    ("bison", "bison"),
+    ("flex", "flex"),
+    ("perl", "perl"),
+    ("xz", "xz-utils"),
+    ("/usr/include/libelf.h", "libelf-dev"),
+    ("/usr/include/openssl/ssl.h", "libssl-dev"),
 ];
 
 /// The Debian package that provides `tool`, if kiln knows it.

@@ -130,13 +130,31 @@ pub struct Board {
 #[derive(Debug, Clone, Serialize)]
 pub struct Kernel {
     pub source: board::KernelSource,
+    /// The Debian kernel package (the prebuilt path); busybox-static comes from Debian either
+    /// way.
     pub package: String,
+    /// Set when the recipe builds its kernel from source instead.
+    pub build: Option<KernelBuild>,
     pub cmdline: Vec<String>,
     /// The board's and the recipe's initramfs modules.
     pub initramfs_modules: Vec<String>,
     /// Those and the modules of every platform profile of the board: what the one initramfs
     /// of the board carries.
     pub board_initramfs_modules: Vec<String>,
+}
+
+/// A kernel built from source: where the source is, and the config fragments.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelBuild {
+    /// A kernel tree or a tarball (absolute, or relative to the working directory).
+    #[serde(skip)]
+    pub source: PathBuf,
+    #[serde(skip)]
+    pub fragments: Vec<PathBuf>,
+    /// SHA-256 over the fragments' names and bytes: what identifies them, wherever the
+    /// checkout is.
+    pub fragments_hash: String,
+    pub base: recipe::ConfigBase,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -380,6 +398,8 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         );
     }
 
+    let kernel_build = kernel_build(&r.kernel, recipe_dir, &recipe_src)?;
+
     // Overlays.
     let mut overlays = Vec::new();
     let mut tree_hashes = Vec::new();
@@ -522,6 +542,7 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             qemu: b.qemu.clone(),
         },
         kernel: Kernel {
+            build: kernel_build,
             source: b.kernel.source,
             package: r.kernel.package.clone().unwrap_or(b.kernel.package.clone()),
             cmdline,
@@ -536,6 +557,93 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         source_date_epoch,
         tree_hashes,
     })
+}
+
+/// The recipe's kernel source and fragments, checked: the source exists (a directory must look
+/// like a kernel tree; a tarball is checked when it is unpacked), every fragment exists, and
+/// fragments come only with a source.
+fn kernel_build(
+    k: &recipe::KernelOverride,
+    recipe_dir: &Path,
+    src: &SourceFile,
+) -> Result<Option<KernelBuild>> {
+    let source = match &k.source {
+        Some(s) if s.get_ref() != "debian" => s,
+        _ => {
+            if let Some(f) = k.config.first() {
+                return Err(src.error_at(
+                    &f.span(),
+                    "kernel config fragments need a kernel source to build: set \
+                     kernel.source to a kernel tree or tarball (for Debian's, install \
+                     linux-source-6.1: /usr/src/linux-source-6.1.tar.xz)",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let path = recipe_dir.join(source.get_ref());
+    if path.is_dir() {
+        if let Err(m) = check_kernel_tree(&path) {
+            return Err(src.error_at(&source.span(), m));
+        }
+    } else if !path.is_file() {
+        return Err(src.error_at(
+            &source.span(),
+            format!(
+                "kernel source {} does not exist; give a kernel tree or a .tar, .tar.gz or \
+                 .tar.xz tarball, or \"debian\" for the board's kernel package",
+                path.display()
+            ),
+        ));
+    }
+    if k.config.is_empty() {
+        return Err(src.error_at(
+            &source.span(),
+            "a kernel built from source needs its config: list the fragments in kernel.config \
+             (for example the files of kernel-config/)",
+        ));
+    }
+    let mut fragments = Vec::new();
+    let mut h = Sha256::new();
+    for f in &k.config {
+        let p = recipe_dir.join(f.get_ref());
+        let bytes = std::fs::read(&p).map_err(|e| {
+            src.error_at(
+                &f.span(),
+                format!("cannot read kernel config fragment {}: {e}", p.display()),
+            )
+        })?;
+        h.update(f.get_ref().as_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+        fragments.push(p);
+    }
+    Ok(Some(KernelBuild {
+        source: path,
+        fragments,
+        fragments_hash: hex::encode(h.finalize()),
+        base: k.config_base.unwrap_or_default(),
+    }))
+}
+
+/// A directory is a kernel tree if it has the top-level Makefile (with its VERSION line),
+/// Kconfig and arch/.
+pub fn check_kernel_tree(dir: &Path) -> std::result::Result<(), String> {
+    let makefile = std::fs::read_to_string(dir.join("Makefile")).unwrap_or_default();
+    let ok = makefile.lines().any(|l| l.starts_with("VERSION ="))
+        && makefile.lines().any(|l| l.starts_with("PATCHLEVEL ="))
+        && dir.join("Kconfig").is_file()
+        && dir.join("arch").is_dir();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a kernel source tree (no top-level Makefile with VERSION and \
+             PATCHLEVEL, Kconfig and arch/)",
+            dir.display()
+        ))
+    }
 }
 
 fn unknown_platform(name: &str, known: &[String]) -> String {
@@ -616,7 +724,21 @@ fn load_platform(
             a.extension
         );
     }
+    let kernel_requirements = match &f.kernel_requirements {
+        Some(k) => {
+            let p = board_dir.join(k.get_ref());
+            if !p.is_file() {
+                return Err(src.error_at(
+                    &k.span(),
+                    format!("kernel requirement list {} does not exist", p.display()),
+                ));
+            }
+            Some(p)
+        }
+        None => None,
+    };
     Ok(platform::Platform {
+        kernel_requirements,
         name: name.to_string(),
         description: f.description.clone().unwrap_or_default(),
         oem_tree_hash: tree::hash_tree(&tree)?,

@@ -26,6 +26,10 @@ pub struct PlatformFile {
     /// controllers and NICs.
     #[serde(default)]
     pub initramfs_modules: Vec<String>,
+    /// The kernel options this platform needs (a kiln requirement list), relative to the
+    /// board-profiles directory. `kiln build` checks the kernel against it before writing
+    /// any image.
+    pub kernel_requirements: Option<Spanned<String>>,
     pub artifact: ArtifactDef,
     pub boot: BootDef,
 }
@@ -141,4 +145,5 @@ pub struct Platform {
     pub artifact: ArtifactDef,
     pub boot: BootDef,
     pub oem_tree_hash: String,
+    pub kernel_requirements: Option<std::path::PathBuf>,
 }

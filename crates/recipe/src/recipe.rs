@@ -80,12 +80,43 @@ pub struct RootfsDef {
 pub struct KernelOverride {
     /// Replaces the board's kernel package.
     pub package: Option<String>,
+    /// `"debian"` (the board's prebuilt package) or a kernel source: a tree or a tarball
+    /// (.tar, .tar.gz, .tar.xz), relative to the recipe.
+    pub source: Option<Spanned<String>>,
+    /// kconfig fragments merged in order (a later line for a symbol wins), relative to the
+    /// recipe; only with a kernel source.
+    #[serde(default)]
+    pub config: Vec<Spanned<String>>,
+    /// What symbols no fragment sets become: `olddefconfig` (their Kconfig defaults, as when
+    /// carrying a full old config forward), `allnoconfig` (off) or `defconfig` (the
+    /// architecture's defconfig under the fragments).
+    pub config_base: Option<ConfigBase>,
     /// Appended to the board's command line.
     #[serde(default)]
     pub cmdline: Vec<String>,
     /// Appended to the board's initramfs modules.
     #[serde(default)]
     pub initramfs_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigBase {
+    #[default]
+    Olddefconfig,
+    Allnoconfig,
+    Defconfig,
+}
+
+impl ConfigBase {
+    /// The make target that resolves the merged fragments into a full config.
+    pub fn make_target(self) -> &'static str {
+        match self {
+            ConfigBase::Olddefconfig => "olddefconfig",
+            ConfigBase::Allnoconfig => "allnoconfig",
+            ConfigBase::Defconfig => "defconfig",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
