@@ -42,7 +42,7 @@ fn a_kernel_built_from_kernel_config_boots() {
 
     // The migration report: 3.15-era options that 6.1 no longer has are named.
     let report = first
-        .split("report: ")
+        .split("migration report: ")
         .nth(1)
         .and_then(|s| s.lines().next())
         .unwrap_or_else(|| panic!("no migration report in:\n{first}"));

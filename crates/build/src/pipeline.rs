@@ -295,6 +295,12 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         dir: kernel_dir,
         version: kver.clone(),
     };
+    if r.kernel.build.is_some() {
+        tracing::info!(
+            "kernel {kver} built from source; migration report: {}",
+            kst.dir.join("migration-report.txt").display()
+        );
+    }
     // Before any image is written: the kernel has what every platform built needs.
     check_kernel(r, &kst.dir.join("config"))?;
 
