@@ -1217,14 +1217,21 @@ fn assemble_tree(
             0o644,
         )?;
     }
+    st::write_file_in(
+        &image,
+        Path::new("usr/lib/kiln/version.txt"),
+        r.version_txt().as_bytes(),
+        0o644,
+    )?;
     let os_release = format!(
-        "NAME=\"{}\"\nID={}\nVERSION=\"{}\"\nVERSION_ID={}\nPRETTY_NAME=\"{} {}\"\nKILN_BOARD={}\nKILN_RECIPE={}\nKILN_RECIPE_HASH={}\n",
+        "NAME=\"{}\"\nID={}\nVERSION=\"{}\"\nVERSION_ID={}\nPRETTY_NAME=\"{} {}\"\nKILN_CHANNEL={}\nKILN_BOARD={}\nKILN_RECIPE={}\nKILN_RECIPE_HASH={}\n",
         r.os.name,
         r.os.id,
         r.os.version,
-        r.os.version,
+        r.os.version_id,
         r.os.name,
         r.os.version,
+        r.os.channel,
         r.board.name,
         r.name,
         r.identity()

@@ -268,6 +268,7 @@ pub(crate) fn load_with(
         &kiln_recipe::LoadOptions {
             board_dir: a.board_dir.clone(),
             platforms,
+            ..Default::default()
         },
     )
 }

@@ -10,6 +10,7 @@ pub mod recipe;
 pub mod source;
 pub mod tree;
 pub mod units;
+pub mod version;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,10 @@ pub struct LoadOptions {
     pub board_dir: Option<PathBuf>,
     /// Platforms to resolve instead of the recipe's list.
     pub platforms: Option<PlatformSelection>,
+    /// An official release build: a computed version has no `+` suffix.
+    pub release: bool,
+    /// The update channel [default: alpha for a release, else developer].
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +110,12 @@ pub struct Resolved {
 pub struct Os {
     pub name: String,
     pub id: String,
+    /// The whole version (with a development build's `+` suffix).
     pub version: String,
+    /// The version without the suffix (os-release VERSION_ID).
+    pub version_id: String,
+    /// The update channel the image is built for.
+    pub channel: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,6 +175,28 @@ pub struct Oem {
 }
 
 impl Resolved {
+    /// The version file (`KEY=value` lines, as CoreOS's version.txt): in the image at
+    /// /usr/lib/kiln/version.txt and beside a release's artifacts.
+    pub fn version_txt(&self) -> String {
+        let mut t = String::new();
+        if let Ok(v) = version::Version::parse(&self.os.version) {
+            t.push_str(&format!(
+                "KILN_BUILD={}\nKILN_BRANCH={}\nKILN_PATCH={}\n",
+                v.build, v.branch, v.patch
+            ));
+        }
+        t.push_str(&format!(
+            "KILN_VERSION={}\nKILN_VERSION_ID={}\nKILN_BOARD={}\nKILN_CHANNEL={}\nKILN_RECIPE={}\nKILN_RECIPE_HASH={}\n",
+            self.os.version,
+            self.os.version_id,
+            self.board.name,
+            self.os.channel,
+            self.name,
+            self.identity()
+        ));
+        t
+    }
+
     /// A hash of everything that defines the image, independent of where the checkout
     /// lives. Seeds every identifier that would otherwise be random.
     pub fn identity(&self) -> String {
@@ -236,14 +268,19 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         }
     };
     check_name(r.os.id.get_ref()).map_err(|m| recipe_src.error_at(&r.os.id.span(), m))?;
-    if r.os.version.get_ref().is_empty()
-        || r.os.version.get_ref().chars().any(|c| c.is_whitespace())
-    {
-        return Err(recipe_src.error_at(
-            &r.os.version.span(),
-            "os.version must be non-empty and contain no whitespace",
-        ));
+    if let Some(v) = &r.os.version {
+        if v.get_ref().is_empty() || v.get_ref().chars().any(|c| c.is_whitespace()) {
+            return Err(recipe_src.error_at(
+                &v.span(),
+                "os.version must be non-empty and contain no whitespace",
+            ));
+        }
     }
+    let channel = opts
+        .channel
+        .clone()
+        .unwrap_or_else(|| if opts.release { "alpha" } else { "developer" }.to_string());
+    check_name(&channel).map_err(|m| anyhow::anyhow!("channel `{channel}`: {m}"))?;
 
     // Board profile.
     let board_dir = match &opts.board_dir {
@@ -461,6 +498,34 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
     if !(DEFAULT_EPOCH..=u32::MAX as i64).contains(&source_date_epoch) {
         bail!("source-date-epoch {source_date_epoch} is out of range: use {DEFAULT_EPOCH} (1980-01-01, FAT's first day) to {}", u32::MAX);
     }
+    let version = match (&r.os.version, &r.version) {
+        (Some(v), None) => {
+            if opts.release {
+                let parsed = version::Version::parse(v.get_ref())
+                    .map_err(|e| recipe_src.error_at(&v.span(), e))?;
+                if parsed.is_dev() {
+                    return Err(recipe_src.error_at(&v.span(), "a release version has no + suffix"));
+                }
+            }
+            v.get_ref().clone()
+        }
+        (None, Some(scheme)) => scheme
+            .get_ref()
+            .version_at(source_date_epoch, !opts.release)
+            .map_err(|e| recipe_src.error_at(&scheme.span(), format!("{e:#}")))?
+            .to_string(),
+        (Some(v), Some(_)) => {
+            return Err(recipe_src.error_at(
+                &v.span(),
+                "os.version and a [version] scheme both set the version: keep one",
+            ))
+        }
+        (None, None) => bail!(
+            "{}: the recipe has no version: set os.version = \"1.0.0\", or a [version] table \
+             with epoch = \"YYYY-MM-DD\" (BUILD counts days since it)",
+            recipe_path.display()
+        ),
+    };
 
     // Platforms: the recipe's list (each must exist), or the caller's selection.
     let known = known_platforms(&board_dir);
@@ -521,7 +586,9 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         os: Os {
             name: r.os.name.clone(),
             id: r.os.id.get_ref().clone(),
-            version: r.os.version.get_ref().clone(),
+            version_id: version.split('+').next().unwrap_or(&version).to_string(),
+            version,
+            channel,
         },
         packages: Packages {
             suite: r.packages.suite.clone(),

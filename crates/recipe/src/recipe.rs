@@ -18,6 +18,8 @@ pub struct RecipeFile {
     /// SOURCE_DATE_EPOCH environment variable).
     pub source_date_epoch: Option<i64>,
     pub os: OsDef,
+    /// BUILD.BRANCH.PATCH versions (instead of a fixed os.version).
+    pub version: Option<Spanned<crate::version::Scheme>>,
     /// Platforms built by default (files in `<board-profiles>/platforms/`).
     #[serde(default)]
     pub platforms: Vec<Spanned<String>>,
@@ -39,8 +41,9 @@ pub struct OsDef {
     pub name: String,
     /// ID in os-release (lower case, no spaces).
     pub id: Spanned<String>,
-    /// VERSION_ID, printed on the console when the image is ready.
-    pub version: Spanned<String>,
+    /// A fixed version, printed on the console when the image is ready; or none, and the
+    /// recipe's `[version]` scheme computes it.
+    pub version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

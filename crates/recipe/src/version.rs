@@ -1,0 +1,194 @@
+//! Release versions, as CoreOS numbered them: BUILD.BRANCH.PATCH, where BUILD counts whole
+//! days from the project's epoch to the build's date, BRANCH is bumped when a build is
+//! branched for release and PATCH for fixes on a branch. Development builds append
+//! `+YYYY-MM-DD-HHMM` (the build's date). The build's date is SOURCE_DATE_EPOCH, so a build
+//! repeated with the same inputs gets the same version.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+
+/// The recipe's `[version]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Scheme {
+    /// The project's day zero, `YYYY-MM-DD` (UTC).
+    pub epoch: String,
+    #[serde(default)]
+    pub branch: u32,
+    #[serde(default)]
+    pub patch: u32,
+}
+
+/// A parsed version: BUILD.BRANCH.PATCH and an optional `+` suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Version {
+    pub build: u32,
+    pub branch: u32,
+    pub patch: u32,
+    /// After `+`: the build date of a development build.
+    pub dev: Option<String>,
+}
+
+fn date_format() -> Vec<time::format_description::FormatItem<'static>> {
+    time::format_description::parse_borrowed::<2>("[year]-[month]-[day]").expect("static format")
+}
+
+/// Parses a `YYYY-MM-DD` date.
+pub fn parse_date(s: &str) -> Result<Date> {
+    Date::parse(s, &date_format()).with_context(|| format!("`{s}` is not a date like 2013-07-01"))
+}
+
+impl Scheme {
+    /// The version of a build made at `unix` seconds; `dev` adds the `+` date suffix.
+    pub fn version_at(&self, unix: i64, dev: bool) -> Result<Version> {
+        let epoch = parse_date(&self.epoch).context("version.epoch")?;
+        let at = OffsetDateTime::from_unix_timestamp(unix)
+            .with_context(|| format!("{unix} is not a time"))?;
+        let days = (at.date() - epoch).whole_days();
+        if days < 0 {
+            bail!(
+                "the build's date {} is before version.epoch {}: BUILD would be negative",
+                at.date(),
+                self.epoch
+            );
+        }
+        let suffix =
+            time::format_description::parse_borrowed::<2>("[year]-[month]-[day]-[hour][minute]")
+                .expect("static format");
+        Ok(Version {
+            build: u32::try_from(days).context("BUILD out of range")?,
+            branch: self.branch,
+            patch: self.patch,
+            dev: dev.then(|| at.format(&suffix).expect("formattable")),
+        })
+    }
+}
+
+impl Version {
+    pub fn parse(s: &str) -> Result<Version> {
+        let (core, dev) = match s.split_once('+') {
+            Some((c, d)) => (c, Some(d.to_string())),
+            None => (s, None),
+        };
+        let nums: Vec<&str> = core.split('.').collect();
+        let num = |t: &str| -> Result<u32> {
+            if t.is_empty()
+                || !t.chars().all(|c| c.is_ascii_digit())
+                || (t.len() > 1 && t.starts_with('0'))
+            {
+                bail!("`{s}` is not a version BUILD.BRANCH.PATCH[+suffix]");
+            }
+            t.parse()
+                .with_context(|| format!("`{s}`: number out of range"))
+        };
+        if nums.len() != 3 {
+            bail!("`{s}` is not a version BUILD.BRANCH.PATCH[+suffix]");
+        }
+        if let Some(d) = &dev {
+            if d.is_empty()
+                || !d
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                bail!("`{s}`: the part after + must be letters, digits, - and .");
+            }
+        }
+        Ok(Version {
+            build: num(nums[0])?,
+            branch: num(nums[1])?,
+            patch: num(nums[2])?,
+            dev,
+        })
+    }
+
+    /// BUILD.BRANCH.PATCH without the suffix (os-release's VERSION_ID).
+    pub fn id(&self) -> String {
+        format!("{}.{}.{}", self.build, self.branch, self.patch)
+    }
+
+    pub fn is_dev(&self) -> bool {
+        self.dev.is_some()
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id())?;
+        if let Some(d) = &self.dev {
+            write!(f, "+{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Release order: by BUILD, BRANCH, PATCH; a development build of the same numbers sorts
+/// before the release, and development builds among themselves by their date.
+impl Ord for Version {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.build, self.branch, self.patch)
+            .cmp(&(o.build, o.branch, o.patch))
+            .then_with(|| match (&self.dev, &o.dev) {
+                (None, None) => Ordering::Equal,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(a), Some(b)) => a.cmp(b),
+            })
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coreos_367_was_day_367_of_its_epoch() {
+        // CoreOS: epoch 2013-07-01; 367.1.0 was built on 2014-07-03.
+        let s = Scheme {
+            epoch: "2013-07-01".into(),
+            branch: 1,
+            patch: 0,
+        };
+        let t = OffsetDateTime::new_utc(parse_date("2014-07-03").unwrap(), time::Time::MIDNIGHT)
+            .unix_timestamp();
+        assert_eq!(s.version_at(t, false).unwrap().to_string(), "367.1.0");
+        // 13:45 the same day, a development build.
+        let v = s.version_at(t + 13 * 3600 + 45 * 60, true).unwrap();
+        assert_eq!(v.to_string(), "367.1.0+2014-07-03-1345");
+        assert_eq!(v.id(), "367.1.0");
+        // Before the epoch: refused.
+        assert!(s.version_at(0, false).is_err());
+    }
+
+    #[test]
+    fn versions_parse_and_order() {
+        let v = |s: &str| Version::parse(s).unwrap();
+        assert!(v("367.1.0") < v("367.1.1"));
+        assert!(v("367.1.9") < v("367.2.0"));
+        assert!(v("367.2.0") < v("368.0.0"));
+        assert!(v("10.0.0") > v("9.9.9"));
+        assert!(v("367.1.0+2014-07-03-1345") < v("367.1.0"));
+        assert!(v("367.1.0+2014-07-03-1345") < v("367.1.0+2014-07-04-0000"));
+        assert_eq!(v("0.1.0").to_string(), "0.1.0");
+        for bad in [
+            "1.2",
+            "1.2.3.4",
+            "a.b.c",
+            "01.2.3",
+            "1.2.3+",
+            "1.2.3+x y",
+            "",
+        ] {
+            assert!(Version::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
