@@ -98,3 +98,66 @@ fn collect_debs(target: &Path, cache: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// An installed package, as dpkg's status file has it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct InstalledPackage {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+/// The packages dpkg lists as installed in a package tree, by name.
+pub fn installed_packages(root: &Path) -> Result<Vec<InstalledPackage>> {
+    let path = root.join("var/lib/dpkg/status");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the package list {}", path.display()))?;
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        if field("Status").as_deref() != Some("install ok installed") {
+            continue;
+        }
+        if let (Some(name), Some(version), Some(arch)) =
+            (field("Package"), field("Version"), field("Architecture"))
+        {
+            out.push(InstalledPackage {
+                name,
+                version,
+                arch,
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn reads_installed_packages_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("var/lib/dpkg")).unwrap();
+        std::fs::write(
+            d.path().join("var/lib/dpkg/status"),
+            "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13\n\n\
+             Package: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\n\
+             Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4\nDescription: x\n y\n",
+        )
+        .unwrap();
+        let p = installed_packages(d.path()).unwrap();
+        let names: Vec<String> = p
+            .iter()
+            .map(|p| format!("{} {} {}", p.name, p.version, p.arch))
+            .collect();
+        assert_eq!(names, ["base-files 12.4 amd64", "zlib1g 1:1.2.13 amd64"]);
+    }
+}

@@ -60,6 +60,14 @@ pub struct BuildOutput {
     /// The signed update payload, `<recipe>_update.payload`, when a key was given.
     pub payload: Option<PathBuf>,
     pub kernel_version: String,
+    /// SHA-256 of the kernel's config, when it has one.
+    pub kernel_config_sha256: Option<String>,
+    /// The recipe hash (Resolved::identity) the image carries.
+    pub recipe_hash: String,
+    /// What dpkg installed in the image.
+    pub packages: Vec<crate::packages::InstalledPackage>,
+    /// Versions of kiln and of the host tools that shaped the image.
+    pub tools: std::collections::BTreeMap<String, String>,
     pub stages: Vec<StageReport>,
     pub seconds: f64,
 }
@@ -105,6 +113,24 @@ struct ToolVersions {
 }
 
 impl ToolVersions {
+    fn as_map(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("kiln", env!("CARGO_PKG_VERSION").to_string()),
+            ("mmdebstrap", self.mmdebstrap.clone()),
+            ("e2fsprogs", self.e2fsprogs.clone()),
+            ("erofs-utils", self.erofs.clone()),
+            ("dosfstools mtools", self.vfat.clone()),
+            ("grub", self.grub.clone()),
+            ("kmod", self.kmod.clone()),
+            ("qemu-utils", tools::package_version("qemu-utils")),
+            ("xz-utils", tools::package_version("xz-utils")),
+            ("pigz", tools::package_version("pigz")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     fn probe() -> Self {
         Self {
             mmdebstrap: tools::package_version("mmdebstrap"),
@@ -560,6 +586,15 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         image,
         artifacts,
         payload: payload_out,
+        kernel_config_sha256: kst
+            .dir
+            .join("config")
+            .is_file()
+            .then(|| file_hash(&kst.dir.join("config")))
+            .transpose()?,
+        recipe_hash: identity.clone(),
+        packages: crate::packages::installed_packages(&packages_dir.join("root"))?,
+        tools: versions.as_map(),
         kernel_version: kver,
         stages: reports,
         seconds: started.elapsed().as_secs_f64(),

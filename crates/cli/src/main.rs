@@ -3,6 +3,8 @@
 mod bench;
 mod inspect;
 mod kernel;
+mod release;
+mod repro;
 mod run;
 mod update;
 
@@ -65,11 +67,30 @@ enum Cmd {
         /// [default: the recipe's list]
         #[arg(long, value_name = "NAMES")]
         platform: Option<kiln_recipe::PlatformSelection>,
+        /// An official release: the version has no + suffix, and the artifacts, payload,
+        /// version.txt, packages.txt, manifest.json, DIGESTS and its signature go to
+        /// <output>/<board>/<version>/ (needs a signing key).
+        #[arg(long)]
+        release: bool,
+        /// The update channel the image is built for [default: alpha with --release, else
+        /// developer]
+        #[arg(long, value_name = "NAME")]
+        channel: Option<String>,
+        /// Build twice (the second time every stage again, into a temporary directory) and
+        /// compare every output byte; names the first differing file and offset.
+        #[arg(long, conflicts_with = "release")]
+        check_reproducible: bool,
         #[command(flatten)]
         signing: update::SigningArgs,
         #[command(flatten)]
         recipe_args: RecipeArgs,
     },
+    /// Verify a release directory: the signature over DIGESTS, then every file's SHA-256 and
+    /// SHA-512; names each file missing, extra or altered.
+    Verify(release::VerifyArgs),
+    /// Releases and channels: promote a release, show the channels.
+    #[command(subcommand)]
+    Release(release::ReleaseCmd),
     /// Check a recipe, its board profile, layout and every file they refer to, without building.
     Validate {
         recipe: PathBuf,
@@ -148,27 +169,69 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             json,
             keep_raw,
             platform,
+            release: is_release,
+            channel,
+            check_reproducible,
             signing,
             recipe_args,
         } => {
             let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
-            let resolved = load_with(&recipe, &recipe_args, platform)?;
+            let resolved = load_opts(&recipe, &recipe_args, platform, is_release, channel)?;
             let agent = find_agent(agent)?;
             let cache = kiln_build::CacheDirs::new(
                 cache_dir.unwrap_or_else(kiln_build::CacheDirs::default_root),
             )?;
             let signing = signing.resolve(&cache.root)?;
-            let out = kiln_build::build(
-                &resolved,
-                &kiln_build::BuildOptions {
-                    cache,
-                    output_dir: output,
-                    agent,
-                    rebuild,
-                    keep_raw,
-                    signing,
-                },
-            )?;
+            let release_key = signing.as_ref().map(|s| s.key.clone());
+            if is_release && release_key.is_none() {
+                anyhow::bail!(
+                    "a release is signed: give --signing-key FILE (or KILN_SIGNING_KEY, or the PEM \
+                     text in KILN_SIGNING_KEY_PEM)"
+                );
+            }
+            let (release_dir, output_dir) = if is_release {
+                let (d, s) = release::prepare(&output, &resolved)?;
+                (Some(d), s)
+            } else {
+                (None, output.clone())
+            };
+            let opts = kiln_build::BuildOptions {
+                cache,
+                output_dir: output_dir.clone(),
+                agent,
+                rebuild,
+                keep_raw,
+                signing,
+            };
+            let built = kiln_build::build(&resolved, &opts);
+            if built.is_err() && is_release {
+                let _ = std::fs::remove_dir_all(&output_dir);
+            }
+            let out = built?;
+            if check_reproducible {
+                return repro::check(&resolved, &opts, &out);
+            }
+            if let (Some(dir), Some(key)) = (&release_dir, &release_key) {
+                let m =
+                    release::finish(&resolved, &out, key, &output_dir, dir).inspect_err(|_| {
+                        let _ = std::fs::remove_dir_all(&output_dir);
+                    })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&m)?);
+                } else {
+                    println!("{}", dir.display());
+                    eprintln!(
+                        "release {} of {} for {} (channel {}): {} files, signed by key {}",
+                        m.version,
+                        m.name,
+                        m.board,
+                        m.channel,
+                        m.artifacts.len() + 1,
+                        m.signing_key_id
+                    );
+                }
+                return Ok(0);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
@@ -245,6 +308,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Run(args) => run::run(args),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Kernel(c) => kernel::kernel(c),
+        Cmd::Verify(a) => release::verify_cmd(a),
+        Cmd::Release(c) => release::release_cmd(c),
         Cmd::Key(c) => update::key(c),
         Cmd::Slot(c) => update::slot(c),
         Cmd::Update(c) => update::update(c),
@@ -260,6 +325,16 @@ pub(crate) fn load_with(
     a: &RecipeArgs,
     platforms: Option<kiln_recipe::PlatformSelection>,
 ) -> Result<kiln_recipe::Resolved> {
+    load_opts(recipe, a, platforms, false, None)
+}
+
+pub(crate) fn load_opts(
+    recipe: &Path,
+    a: &RecipeArgs,
+    platforms: Option<kiln_recipe::PlatformSelection>,
+    release: bool,
+    channel: Option<String>,
+) -> Result<kiln_recipe::Resolved> {
     if !recipe.exists() {
         anyhow::bail!("recipe {} does not exist", recipe.display());
     }
@@ -268,7 +343,8 @@ pub(crate) fn load_with(
         &kiln_recipe::LoadOptions {
             board_dir: a.board_dir.clone(),
             platforms,
-            ..Default::default()
+            release,
+            channel,
         },
     )
 }

@@ -16,9 +16,12 @@ use kiln_update::{keys, SigningKey, VerifyingKey};
 #[derive(Args, Clone, Default)]
 pub struct SigningArgs {
     /// Ed25519 key (PKCS#8 PEM, mode 0600) that signs the update payload; its public half is
-    /// installed in the image as the key updates must carry [env: KILN_SIGNING_KEY]
+    /// installed in the image as the key updates must carry [env: KILN_SIGNING_KEY]. The PEM
+    /// text itself may come in KILN_SIGNING_KEY_PEM instead (a CI secret; never an argument,
+    /// where other users could read it)
     #[arg(long, value_name = "FILE", env = "KILN_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+
     /// Sign with kiln's INSECURE development key, generated once into the cache directory.
     /// For development and tests only: anyone with the cache can sign updates.
     #[arg(long, conflicts_with = "signing_key")]
@@ -27,6 +30,22 @@ pub struct SigningArgs {
 
 impl SigningArgs {
     pub fn resolve(&self, cache: &Path) -> Result<Option<kiln_build::Signing>> {
+        if let Ok(text) = std::env::var("KILN_SIGNING_KEY_PEM") {
+            if self.signing_key.is_some() || self.dev_key {
+                anyhow::bail!(
+                    "KILN_SIGNING_KEY_PEM and --signing-key/--dev-key both give a key: keep one"
+                );
+            }
+            let key = keys::parse_signing_pem(&text, "KILN_SIGNING_KEY_PEM")?;
+            eprintln!(
+                "signing with the key in KILN_SIGNING_KEY_PEM (key id {})",
+                keys::key_id(&key.verifying_key())
+            );
+            return Ok(Some(kiln_build::Signing {
+                key,
+                insecure: false,
+            }));
+        }
         if let Some(p) = &self.signing_key {
             let key = keys::load_signing_key(p)?;
             eprintln!(
@@ -77,7 +96,12 @@ pub enum KeyCmd {
     /// Generate an Ed25519 signing key (PKCS#8 PEM, mode 0600) and its public key (FILE.pub).
     Generate { file: PathBuf },
     /// Print the public key (SPKI PEM) of a signing key.
-    Public { file: PathBuf },
+    Public {
+        file: PathBuf,
+        /// In minisign's format instead, for `minisign -V` on a release's DIGESTS.
+        #[arg(long)]
+        minisign: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,9 +203,16 @@ pub fn key(cmd: KeyCmd) -> Result<i32> {
             );
             Ok(0)
         }
-        KeyCmd::Public { file } => {
+        KeyCmd::Public { file, minisign } => {
             let k = keys::load_signing_key(&file)?;
-            print!("{}", keys::public_pem(&k.verifying_key()));
+            if minisign {
+                print!(
+                    "{}",
+                    kiln_release::sign::public_key_text(&k.verifying_key())
+                );
+            } else {
+                print!("{}", keys::public_pem(&k.verifying_key()));
+            }
             Ok(0)
         }
     }

@@ -44,7 +44,7 @@ pub fn digests(files: &[&Path], dest: &Path) -> Result<()> {
     let dir = parent_dir(dest)
         .canonicalize()
         .with_context(|| format!("cannot resolve the directory of {}", dest.display()))?;
-    let mut out = String::new();
+    let mut entries = Vec::new();
     for file in files {
         let name = file
             .file_name()
@@ -63,12 +63,92 @@ pub fn digests(files: &[&Path], dest: &Path) -> Result<()> {
                 dir.display()
             );
         }
-        let (s256, s512) = hash_file(file)?;
+        let (sha256, sha512) = hash_file(file)?;
+        entries.push(Entry {
+            name: name.to_string(),
+            sha256,
+            sha512,
+        });
+    }
+    write_file_atomic(dest, text(&entries)?.as_bytes(), 0o644)
+}
+
+/// One file of a DIGESTS file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub sha256: String,
+    pub sha512: String,
+}
+
+/// The DIGESTS text for hashes already computed, in the order given.
+pub fn text(entries: &[Entry]) -> Result<String> {
+    let mut out = String::new();
+    for e in entries {
+        if e.name.is_empty() || e.name.contains(['\n', '\r', '\\', '/']) {
+            bail!("file name {:?} cannot be written to a DIGESTS file", e.name);
+        }
         out.push_str(&format!(
-            "# SHA256 HASH\n{s256}  {name}\n# SHA512 HASH\n{s512}  {name}\n"
+            "# SHA256 HASH\n{}  {}\n# SHA512 HASH\n{}  {}\n",
+            e.sha256, e.name, e.sha512, e.name
         ));
     }
-    write_file_atomic(dest, out.as_bytes(), 0o644)
+    Ok(out)
+}
+
+/// Reads a DIGESTS file's text: every file needs both hashes; anything else is an error
+/// naming the line.
+pub fn parse(text: &str) -> Result<Vec<Entry>> {
+    let mut order: Vec<String> = Vec::new();
+    let mut found: std::collections::HashMap<String, (Option<String>, Option<String>)> =
+        Default::default();
+    let mut kind = None;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        match line {
+            "# SHA256 HASH" => kind = Some(64),
+            "# SHA512 HASH" => kind = Some(128),
+            _ => {
+                let Some(len) = kind else {
+                    bail!("DIGESTS line {n}: a hash line before any `# SHA256 HASH` or `# SHA512 HASH` header");
+                };
+                let Some((hash, name)) = line.split_once("  ") else {
+                    bail!("DIGESTS line {n}: expected `<hex>  <file name>`");
+                };
+                if hash.len() != len || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!(
+                        "DIGESTS line {n}: `{hash}` is not a {}-character hex digest",
+                        len
+                    );
+                }
+                if name.is_empty() || name.contains('/') {
+                    bail!("DIGESTS line {n}: `{name}` is not a file name");
+                }
+                let slot = found.entry(name.to_string()).or_insert_with(|| {
+                    order.push(name.to_string());
+                    (None, None)
+                });
+                let place = if len == 64 { &mut slot.0 } else { &mut slot.1 };
+                if place.replace(hash.to_ascii_lowercase()).is_some() {
+                    bail!(
+                        "DIGESTS line {n}: a second {} hash for {name}",
+                        if len == 64 { "SHA-256" } else { "SHA-512" }
+                    );
+                }
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| match found.remove(&name) {
+            Some((Some(sha256), Some(sha512))) => Ok(Entry {
+                name,
+                sha256,
+                sha512,
+            }),
+            _ => bail!("DIGESTS: {name} lacks its SHA-256 or its SHA-512"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -137,6 +217,15 @@ mod tests {
         std::fs::write(&a, b"changed").unwrap();
         assert!(!check("sha256sum", dir.path(), &s256).0);
         assert!(!check("sha512sum", dir.path(), &s512).0);
+
+        // What was written parses back.
+        let e = parse(&text).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1].name, "kiln image.raw.xz");
+        assert_eq!(text, super::text(&e).unwrap());
+        assert!(parse("abc  x\n").is_err());
+        assert!(parse("# SHA256 HASH\nabc  x\n").is_err());
+        assert!(parse(&text.replace("# SHA512 HASH\n", "# SHA256 HASH\n")).is_err());
     }
 
     #[test]

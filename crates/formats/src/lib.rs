@@ -8,7 +8,7 @@
 //! and owners in archives come from the caller's `epoch`, so the same input gives the same
 //! bytes. Sizes are in bytes.
 
-mod digests;
+pub mod digests;
 mod disk;
 mod gce;
 mod launch;

@@ -65,6 +65,17 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
     })
 }
 
+/// A private key given as PEM text (from an environment variable, as CI systems pass
+/// secrets). `what` names its origin in errors; the text itself never appears in one.
+pub fn parse_signing_pem(text: &str, what: &str) -> Result<SigningKey> {
+    SigningKey::from_pkcs8_pem(text.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} is not an Ed25519 private key in PKCS#8 PEM form \
+             (\"-----BEGIN PRIVATE KEY-----\"): {e}"
+        )
+    })
+}
+
 /// A private key readable or writable by group or others is a leaked key waiting to happen.
 fn check_private_mode(path: &Path, meta: &fs::Metadata) -> Result<()> {
     if !meta.is_file() {

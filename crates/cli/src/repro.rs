@@ -1,0 +1,130 @@
+//! `kiln build --check-reproducible`: the same recipe built a second time, every stage
+//! again (from the cached packages), compared byte for byte with the first build.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_build::{BuildOptions, BuildOutput};
+
+fn files(o: &BuildOutput) -> Vec<PathBuf> {
+    let mut v = vec![o.image.clone()];
+    v.extend(o.artifacts.iter().cloned());
+    v.extend(o.payload.iter().cloned());
+    v
+}
+
+/// The first offset at which two files differ (the shorter one's length if one is a prefix).
+pub fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>> {
+    let open =
+        |p: &Path| std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0u64;
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        let n = na.min(nb);
+        if let Some(i) = (0..n).find(|&i| ba[i] != bb[i]) {
+            return Ok(Some(off + i as u64));
+        }
+        if na != nb {
+            return Ok(Some(off + n as u64));
+        }
+        if na == 0 {
+            return Ok(None);
+        }
+        off += n as u64;
+    }
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+pub fn check(r: &kiln_recipe::Resolved, opts: &BuildOptions, first: &BuildOutput) -> Result<i32> {
+    let parent = opts
+        .output_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-repro-")
+        .tempdir_in(parent)
+        .context("cannot make a directory for the second build")?;
+    eprintln!(
+        "check-reproducible: building again, every stage, into {}",
+        tmp.path().display()
+    );
+    let second_opts = BuildOptions {
+        output_dir: tmp.path().to_path_buf(),
+        rebuild: true,
+        ..opts.clone()
+    };
+    let second = kiln_build::build(r, &second_opts).context("the second build")?;
+    let (a, b) = (files(first), files(&second));
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut problems = Vec::new();
+    let mut bytes = 0u64;
+    for fa in &a {
+        let n = name(fa).unwrap_or_default();
+        match b.iter().find(|fb| name(fb).as_deref() == Some(n.as_str())) {
+            None => problems.push(format!("{n}: only the first build made it")),
+            Some(fb) => match first_difference(fa, fb)? {
+                Some(off) => problems.push(format!(
+                    "{n}: differs at byte {off} (0x{off:x}); second copy: {}",
+                    fb.display()
+                )),
+                None => bytes += std::fs::metadata(fa)?.len(),
+            },
+        }
+    }
+    for fb in &b {
+        let n = name(fb).unwrap_or_default();
+        if !a.iter().any(|fa| name(fa).as_deref() == Some(n.as_str())) {
+            problems.push(format!("{n}: only the second build made it"));
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "reproducible: {} files, {:.1} MiB, identical in both builds",
+            a.len(),
+            bytes as f64 / 1048576.0
+        );
+        return Ok(0);
+    }
+    for p in &problems {
+        println!("not reproducible: {p}");
+    }
+    // Keep the second build to look at the difference.
+    let kept = tmp.keep();
+    eprintln!("the second build is kept in {}", kept.display());
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_first_differing_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let mut x = vec![5u8; 3 << 20];
+        std::fs::write(&a, &x).unwrap();
+        std::fs::write(&b, &x).unwrap();
+        assert_eq!(first_difference(&a, &b).unwrap(), None);
+        x[(2 << 20) + 17] = 6;
+        std::fs::write(&b, &x).unwrap();
+        assert_eq!(first_difference(&a, &b).unwrap(), Some((2 << 20) + 17));
+        std::fs::write(&b, &x[..1000]).unwrap();
+        assert_eq!(first_difference(&a, &b).unwrap(), Some(1000));
+    }
+}
