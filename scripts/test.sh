@@ -9,7 +9,7 @@ export CARGO_INCREMENTAL=0
 scripts/install-deps.sh
 # Images, payloads and their copies need several GiB: show what there is, for when it runs out.
 df -h . | sed 's/^/disk: /'
-trap 'du -sh target target/kiln-test 2>/dev/null | sed "s/^/disk used: /"' EXIT
+trap 'du -sh target/kiln-test target/debug target/release 2>/dev/null | sed "s/^/disk used: /"' EXIT
 scripts/build.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -100,7 +100,10 @@ pub fn read(board_dir: &Path, channel: &str, key: &VerifyingKey) -> Result<Optio
 /// What a promotion did.
 #[derive(Debug)]
 pub enum Outcome {
-    Promoted { from: Option<String>, index: Index },
+    Promoted {
+        from: Option<String>,
+        index: Box<Index>,
+    },
     AlreadyCurrent,
 }
 
@@ -158,6 +161,11 @@ pub fn promote(
         );
     }
     let public = key.verifying_key();
+    let channels = board_dir.join("channels");
+    std::fs::create_dir_all(&channels)?;
+    let _lock = lock(&channels)?;
+    // The channel's key first: a wrong key is named as such, not as a bad release.
+    let current = read(board_dir, to, &public)?;
     let report = crate::verify::verify(&rel_dir, &public)?;
     if !report.ok() {
         bail!(
@@ -182,10 +190,6 @@ pub fn promote(
             manifest.version
         );
     }
-    let channels = board_dir.join("channels");
-    std::fs::create_dir_all(&channels)?;
-    let _lock = lock(&channels)?;
-    let current = read(board_dir, to, &public)?;
     if pos > 0 {
         let prev = CHANNELS[pos - 1];
         let was_there = read(board_dir, prev, &public)?
@@ -292,7 +296,7 @@ pub fn promote(
     }
     Ok(Outcome::Promoted {
         from: current.map(|c| c.version),
-        index,
+        index: Box::new(index),
     })
 }
 

@@ -87,8 +87,9 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Report> {
             what.push("SHA-512");
         }
         if !what.is_empty() {
+            let verb = if what.len() > 1 { "differ" } else { "differs" };
             r.problems.push(format!(
-                "altered: {} ({} differs)",
+                "altered: {} ({} {verb})",
                 e.name,
                 what.join(" and ")
             ));

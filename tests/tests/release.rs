@@ -1,0 +1,615 @@
+//! Release engineering, end to end: versions from the recipe's scheme, the signed release
+//! directory (checked by kiln and by minisign itself), verification that names each bad
+//! file, promotion through alpha → beta → stable with its refusals, and reproducibility.
+//!
+//! Two releases are built once per test run: 366.1.0 (qemu, metal, gce and the payload) and
+//! 366.1.1 (the payload only), with a key generated for the run.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use kiln_tests::*;
+
+const V1: &str = "366.1.0";
+const V2: &str = "366.1.1";
+
+struct Releases {
+    /// `<root>/amd64-usr/<version>/`
+    root: PathBuf,
+    key: PathBuf,
+    public: PathBuf,
+    build_log: String,
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The minimal recipe with a [version] scheme instead of a fixed version: epoch 2024-01-01,
+/// so the recipe's SOURCE_DATE_EPOCH (2025-01-01) is day 366.
+fn scheme_recipe(dir: &Path, patch: u32) -> PathBuf {
+    let minimal = std::fs::read_to_string(root().join("recipes/minimal.toml")).unwrap();
+    let overlay = root().join("recipes/minimal/overlay");
+    let r = minimal.replace("version = \"0.1.0\"\n", "").replace(
+        "overlays = [\"minimal/overlay\"]",
+        &format!("overlays = [{overlay:?}]"),
+    );
+    assert_ne!(r, minimal);
+    let r = format!(
+        "name = \"kiln\"\n{r}\n[version]\nepoch = \"2024-01-01\"\nbranch = 1\npatch = {patch}\n"
+    );
+    let p = dir.join(format!("release-{patch}.toml"));
+    std::fs::write(&p, r).unwrap();
+    p
+}
+
+fn releases() -> &'static Releases {
+    static R: OnceLock<Releases> = OnceLock::new();
+    R.get_or_init(|| {
+        minimal_out();
+        let dir = test_dir().join("releases");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("release-key.pem");
+        let o = kiln(&["key", "generate", s(&key)]);
+        assert!(o.status.success(), "{}", text(&o));
+        let root = dir.join("out");
+        let mut build_log = String::new();
+        for (patch, platforms) in [(0, "qemu,metal,gce"), (1, "none")] {
+            let recipe = scheme_recipe(&dir, patch);
+            let o = kiln(&[
+                "build",
+                s(&recipe),
+                "--board-dir",
+                s(&root_board_profiles()),
+                "--release",
+                "--platform",
+                platforms,
+                "--signing-key",
+                s(&key),
+                "--output",
+                s(&root),
+            ]);
+            let t = text(&o);
+            assert!(o.status.success(), "release build failed:\n{t}");
+            build_log.push_str(&t);
+        }
+        Releases {
+            root,
+            public: PathBuf::from(format!("{}.pub", key.display())),
+            key,
+            build_log,
+        }
+    })
+}
+
+fn root_board_profiles() -> PathBuf {
+    root().join("board-profiles")
+}
+
+fn release_dir(v: &str) -> PathBuf {
+    releases().root.join("amd64-usr").join(v)
+}
+
+fn verify(dir: &Path, key: &Path) -> (Option<i32>, String) {
+    let o = kiln(&["verify", s(dir), "--key", s(key)]);
+    (o.status.code(), text(&o))
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_release_is_complete_versioned_and_signed() {
+    let r = releases();
+    let d = release_dir(V1);
+    assert_eq!(
+        files(&d),
+        [
+            "DIGESTS",
+            "DIGESTS.minisig",
+            "kiln_gce.DIGESTS",
+            "kiln_gce_image.tar.gz",
+            "kiln_metal.DIGESTS",
+            "kiln_metal_image.bin.xz",
+            "kiln_qemu.DIGESTS",
+            "kiln_qemu.sh",
+            "kiln_qemu_image.qcow2",
+            "kiln_update.payload",
+            "manifest.json",
+            "packages.txt",
+            "version.txt",
+        ]
+    );
+    let vt = std::fs::read_to_string(d.join("version.txt")).unwrap();
+    for line in [
+        "KILN_BUILD=366",
+        "KILN_BRANCH=1",
+        "KILN_PATCH=0",
+        "KILN_VERSION=366.1.0",
+        "KILN_VERSION_ID=366.1.0",
+        "KILN_BOARD=amd64-usr",
+        "KILN_CHANNEL=alpha",
+    ] {
+        assert!(vt.lines().any(|l| l == line), "{line} not in:\n{vt}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["version"], V1);
+    assert_eq!(m["board"], "amd64-usr");
+    assert_eq!(m["payload"], "kiln_update.payload");
+    let hash = vt
+        .lines()
+        .find_map(|l| l.strip_prefix("KILN_RECIPE_HASH="))
+        .unwrap();
+    assert_eq!(m["recipe_hash"], hash);
+    assert!(m["kernel"]["version"].as_str().unwrap().starts_with("6.1."));
+    assert_eq!(m["kernel"]["config_sha256"].as_str().unwrap().len(), 64);
+    assert!(m["tools"]["mmdebstrap"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    // Every artifact of the manifest, with the size on disk and the digests of DIGESTS.
+    let digests = std::fs::read_to_string(d.join("DIGESTS")).unwrap();
+    let arts = m["artifacts"].as_array().unwrap();
+    // All but DIGESTS, its signature and the manifest itself.
+    assert_eq!(arts.len(), 10);
+    for a in arts {
+        let f = a["file"].as_str().unwrap();
+        assert_eq!(
+            a["size"].as_u64().unwrap(),
+            std::fs::metadata(d.join(f)).unwrap().len(),
+            "{f}"
+        );
+        for k in ["sha256", "sha512"] {
+            let line = format!("{}  {f}", a[k].as_str().unwrap());
+            assert!(digests.lines().any(|l| l == line), "{k} of {f}");
+        }
+        let sum = tool("sha256sum", &[s(&d.join(f))]);
+        assert!(sum.starts_with(a["sha256"].as_str().unwrap()), "{f}");
+    }
+    // Packages, with versions, in the manifest and packages.txt alike.
+    let pk = std::fs::read_to_string(d.join("packages.txt")).unwrap();
+    let busybox = pk
+        .lines()
+        .find(|l| l.starts_with("busybox-static "))
+        .expect("busybox-static in packages.txt");
+    assert!(m["packages"].as_array().unwrap().iter().any(|p| format!(
+        "{} {} {}",
+        p["name"], p["version"], p["arch"]
+    )
+    .replace('"', "")
+        == busybox));
+    assert_eq!(m["packages"].as_array().unwrap().len(), pk.lines().count());
+
+    // kiln verify, and minisign itself with the key in minisign's format.
+    let (code, t) = verify(&d, &r.public);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(
+        t.contains("ok: kiln 366.1.0 for amd64-usr (11 files"),
+        "{t}"
+    );
+    let o = kiln(&["key", "public", "--minisign", s(&r.key)]);
+    assert!(o.status.success());
+    let mpub = d
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("key.minisign.pub");
+    std::fs::write(&mpub, &o.stdout).unwrap();
+    let t = tool("minisign", &["-Vm", s(&d.join("DIGESTS")), "-p", s(&mpub)]);
+    assert!(
+        t.contains("Signature and comment signature verified"),
+        "{t}"
+    );
+    assert!(t.contains("release:amd64-usr/366.1.0"), "{t}");
+
+    // The private key never shows up in what the build printed.
+    let pem = std::fs::read_to_string(&r.key).unwrap();
+    let secret_line = pem.lines().nth(1).unwrap();
+    assert!(!r.build_log.contains(secret_line));
+    for f in files(&d) {
+        let bytes = std::fs::read(d.join(&f)).unwrap();
+        assert!(
+            !bytes
+                .windows(secret_line.len())
+                .any(|w| w == secret_line.as_bytes()),
+            "{f} holds the private key"
+        );
+    }
+}
+
+/// The version, board, channel and recipe hash inside the image: USR of the qemu disk.
+#[test]
+fn the_image_carries_its_version_file_and_os_release() {
+    let d = release_dir(V1);
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let raw = scratch.path().join("disk.raw");
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            s(&d.join("kiln_qemu_image.qcow2")),
+            s(&raw),
+        ],
+    );
+    let usr = scratch.path().join("usr.img");
+    extract_partition(&raw, 3, &usr);
+    std::fs::remove_file(&raw).unwrap();
+    let tree = scratch.path().join("usr");
+    tool(
+        "fsck.erofs",
+        &[&format!("--extract={}", tree.display()), s(&usr)],
+    );
+    let inside = std::fs::read_to_string(tree.join("lib/kiln/version.txt")).unwrap();
+    assert_eq!(
+        inside,
+        std::fs::read_to_string(d.join("version.txt")).unwrap()
+    );
+    let os = std::fs::read_to_string(tree.join("lib/os-release")).unwrap();
+    for line in [
+        "VERSION=\"366.1.0\"",
+        "VERSION_ID=366.1.0",
+        "KILN_CHANNEL=alpha",
+        "KILN_BOARD=amd64-usr",
+    ] {
+        assert!(os.lines().any(|l| l == line), "{line} not in:\n{os}");
+    }
+}
+
+/// A copy of a release directory (hard links: changes below replace files, never write
+/// through them).
+fn copy_release(v: &str, into: &Path) -> PathBuf {
+    let dest = into.join(v);
+    tool("cp", &["-al", s(&release_dir(v)), s(&dest)]);
+    dest
+}
+
+fn replace(p: &Path, bytes: &[u8]) {
+    std::fs::remove_file(p).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+#[test]
+fn verify_names_each_missing_extra_or_altered_file() {
+    let r = releases();
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let d = copy_release(V1, scratch.path());
+    let script = std::fs::read(d.join("kiln_qemu.sh")).unwrap();
+    let mut changed = script.clone();
+    changed[10] ^= 0x20;
+    replace(&d.join("kiln_qemu.sh"), &changed);
+    std::fs::remove_file(d.join("kiln_gce.DIGESTS")).unwrap();
+    std::fs::write(d.join("notes.txt"), "not part of the release\n").unwrap();
+    let (code, t) = verify(&d, &r.public);
+    assert_eq!(code, Some(1), "{t}");
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines.contains(&"altered: kiln_qemu.sh (SHA-256 and SHA-512 differ)"),
+        "{t}"
+    );
+    assert!(lines.contains(&"missing: kiln_gce.DIGESTS"), "{t}");
+    assert!(lines.contains(&"extra: notes.txt (not in DIGESTS)"), "{t}");
+    assert!(t.contains("3 problem(s)"), "{t}");
+
+    // A DIGESTS changed to match the altered file breaks the signature.
+    let d2 = copy_release(V2, scratch.path());
+    let digests = std::fs::read_to_string(d2.join("DIGESTS")).unwrap();
+    replace(
+        &d2.join("DIGESTS"),
+        digests
+            .replacen("  version.txt", "  version.txt ", 1)
+            .as_bytes(),
+    );
+    let (code, t) = verify(&d2, &r.public);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("signature: DIGESTS.minisig: signature does not verify"),
+        "{t}"
+    );
+    // Another key: refused.
+    let other = scratch.path().join("other.pem");
+    assert!(kiln(&["key", "generate", s(&other)]).status.success());
+    let (code, t) = verify(
+        &release_dir(V2),
+        &PathBuf::from(format!("{}.pub", other.display())),
+    );
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("signature does not verify with key"), "{t}");
+    // Unsigned.
+    let d3 = scratch.path().join("unsigned");
+    tool("cp", &["-al", s(&release_dir(V2)), s(&d3)]);
+    std::fs::remove_file(d3.join("DIGESTS.minisig")).unwrap();
+    let (code, t) = verify(&d3, &r.public);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("missing: DIGESTS.minisig (the release is not signed)"),
+        "{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+/// A board directory of its own for promotions: hard-linked copies of both releases.
+fn promotion_root() -> (tempfile::TempDir, PathBuf) {
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let board = scratch.path().join("out/amd64-usr");
+    std::fs::create_dir_all(&board).unwrap();
+    copy_release(V1, &board);
+    copy_release(V2, &board);
+    (scratch, board)
+}
+
+fn promote(board: &Path, v: &str, to: &str, extra: &[&str]) -> (Option<i32>, String) {
+    promote_env(board, v, to, extra, &[])
+}
+
+fn promote_env(
+    board: &Path,
+    v: &str,
+    to: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let mut args = vec![
+        "release",
+        "promote",
+        v,
+        "--to",
+        to,
+        "--output",
+        s(board.parent().unwrap()),
+    ];
+    let key = releases().key.clone();
+    let key = key.to_str().unwrap().to_string();
+    if !env.iter().any(|(k, _)| k.starts_with("KILN_SIGNING_KEY"))
+        && !extra.contains(&"--signing-key")
+    {
+        args.push("--signing-key");
+        args.push(&key);
+    }
+    args.extend_from_slice(extra);
+    let o = kiln_env(&args, env);
+    (o.status.code(), text(&o))
+}
+
+/// The channel as a reader sees it: its index bytes and where `current` points.
+fn channel(board: &Path, c: &str) -> Option<(Vec<u8>, PathBuf)> {
+    let d = board.join("channels").join(c);
+    let index = std::fs::read(d.join("index.json")).ok()?;
+    Some((index, std::fs::canonicalize(d.join("current")).unwrap()))
+}
+
+fn index(board: &Path, c: &str) -> serde_json::Value {
+    serde_json::from_slice(&channel(board, c).unwrap().0).unwrap()
+}
+
+#[test]
+fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
+    let (_scratch, board) = promotion_root();
+    // Skipping alpha: refused without --force, and no channel appears.
+    let (code, t) = promote(&board, V1, "beta", &[]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("366.1.0 has never been in alpha"), "{t}");
+    assert!(channel(&board, "beta").is_none());
+
+    let (code, t) = promote(&board, V1, "alpha", &[]);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("alpha: (new channel) → 366.1.0"), "{t}");
+    let (_, current) = channel(&board, "alpha").unwrap();
+    assert_eq!(current, std::fs::canonicalize(board.join(V1)).unwrap());
+    let i = index(&board, "alpha");
+    assert_eq!(i["version"], V1);
+    assert_eq!(i["payload"]["path"], "../../366.1.0/kiln_update.payload");
+    let payload = board.join(V1).join("kiln_update.payload");
+    assert_eq!(
+        i["payload"]["size"],
+        std::fs::metadata(&payload).unwrap().len()
+    );
+    assert!(tool("sha256sum", &[s(&payload)]).starts_with(i["payload"]["sha256"].as_str().unwrap()));
+    // The index is signed: minisign verifies it with the release key.
+    let o = kiln(&["key", "public", "--minisign", s(&releases().key)]);
+    let mpub = board.join("../key.minisign.pub");
+    std::fs::write(&mpub, &o.stdout).unwrap();
+    let idx = board.join("channels/alpha/index.json");
+    let t = tool("minisign", &["-Vm", s(&idx), "-p", s(&mpub)]);
+    assert!(t.contains("channel:alpha"), "{t}");
+
+    // Again: nothing to do.
+    let (code, t) = promote(&board, V1, "alpha", &[]);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("already at 366.1.0"), "{t}");
+
+    assert_eq!(promote(&board, V1, "beta", &[]).0, Some(0));
+    assert_eq!(promote(&board, V2, "alpha", &[]).0, Some(0));
+    // Stable without beta: refused; V1 went through beta, so it may.
+    let (code, t) = promote(&board, V2, "stable", &[]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("never been in beta"), "{t}");
+    let (code, t) = promote(&board, V1, "stable", &[]);
+    assert_eq!(code, Some(0), "{t}");
+
+    // A downgrade of alpha: refused, then allowed with --force.
+    let before = channel(&board, "alpha").unwrap();
+    let (code, t) = promote(&board, V1, "alpha", &[]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("alpha is at 366.1.1, newer than 366.1.0: a downgrade needs --force"),
+        "{t}"
+    );
+    assert_eq!(channel(&board, "alpha").unwrap(), before);
+    let (code, t) = promote(&board, V1, "alpha", &["--force"]);
+    assert_eq!(code, Some(0), "{t}");
+    let i = index(&board, "alpha");
+    assert_eq!(i["version"], V1);
+    assert_eq!(i["history"], serde_json::json!([V2, V1]));
+
+    // Status reads every channel.
+    let o = kiln(&[
+        "release",
+        "status",
+        "--output",
+        s(board.parent().unwrap()),
+        "--key",
+        s(&releases().public),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("alpha: 366.1.0 (seq 3)")
+            && t.contains("beta: 366.1.0 (seq 1)")
+            && t.contains("stable: 366.1.0 (seq 1)"),
+        "{t}"
+    );
+}
+
+#[test]
+fn bad_promotions_change_nothing() {
+    let (scratch, board) = promotion_root();
+    assert_eq!(promote(&board, V1, "alpha", &[]).0, Some(0));
+    let alpha = channel(&board, "alpha").unwrap();
+    let listing = || files(&board.join("channels"));
+    let before = listing();
+
+    // A version that does not exist.
+    let (code, t) = promote(&board, "366.9.9", "alpha", &[]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("no release 366.9.9") && t.contains("366.1.0, 366.1.1"),
+        "{t}"
+    );
+
+    // A tampered release.
+    let payload = board.join(V2).join("kiln_update.payload");
+    let mut b = std::fs::read(&payload).unwrap();
+    let n = b.len() / 2;
+    b[n] ^= 1;
+    replace(&payload, &b);
+    let (code, t) = promote(&board, V2, "alpha", &[]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("does not verify") && t.contains("altered: kiln_update.payload"),
+        "{t}"
+    );
+
+    // A key that is not the channel's.
+    let other = scratch.path().join("other.pem");
+    assert!(kiln(&["key", "generate", s(&other)]).status.success());
+    let (code, t) = promote(&board, V1, "alpha", &["--signing-key", s(&other)]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("does not match channel alpha's public key"),
+        "{t}"
+    );
+    // And a release it did not sign, for a channel not yet made.
+    let (code, t) = promote(&board, V1, "beta", &["--signing-key", s(&other)]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("signature does not verify with key"), "{t}");
+
+    // No key at all.
+    let o = kiln(&[
+        "release",
+        "promote",
+        V1,
+        "--to",
+        "beta",
+        "--output",
+        s(board.parent().unwrap()),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("give --signing-key"), "{}", text(&o));
+
+    // A key readable by others.
+    let open = scratch.path().join("open.pem");
+    std::fs::copy(&releases().key, &open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, t) = promote(&board, V1, "beta", &["--signing-key", s(&open)]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("has mode 0644") && t.contains("chmod 600"),
+        "{t}"
+    );
+
+    // A release directory of another board.
+    let arm = scratch.path().join("out/arm64-usr");
+    std::fs::create_dir_all(&arm).unwrap();
+    tool("cp", &["-al", s(&board.join(V1)), s(&arm.join(V1))]);
+    let (code, t) = promote(&arm, V1, "alpha", &["--board", "arm64-usr"]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("holds a release for board amd64-usr, not arm64-usr"),
+        "{t}"
+    );
+    assert!(!arm.join("channels/alpha").exists());
+
+    // An interrupted promotion: killed after writing the new state, before the switch.
+    let (code, t) = promote_env(
+        &board,
+        V1,
+        "beta",
+        &[],
+        &[("KILN_FAILPOINT", "promote-before-switch")],
+    );
+    assert_ne!(code, Some(0), "{t}");
+    assert!(channel(&board, "beta").is_none(), "beta appeared: {t}");
+
+    assert_eq!(channel(&board, "alpha").unwrap(), alpha);
+    assert!(!t.contains("panicked"), "{t}");
+    // The next promotion cleans up after the interrupted one and succeeds.
+    let pem = std::fs::read_to_string(&releases().key).unwrap();
+    let (code, t) = promote_env(
+        &board,
+        V1,
+        "beta",
+        &[],
+        &[("KILN_SIGNING_KEY_PEM", pem.as_str())],
+    );
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("KILN_SIGNING_KEY_PEM"), "{t}");
+    let mut after = listing();
+    after.retain(|n| !n.starts_with("beta"));
+    assert_eq!(after, before, "leftovers of the interrupted promotion");
+}
+
+/// The same recipe built twice, every stage again the second time: qemu, metal and gce
+/// artifacts, the board image and the payload come out bit-identical.
+#[test]
+fn builds_are_reproducible_for_three_platforms_and_the_payload() {
+    minimal_out();
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let out = scratch.path().join("out");
+    let o = kiln(&[
+        "build",
+        "recipes/minimal.toml",
+        "--platform",
+        "qemu,metal,gce",
+        "--dev-key",
+        "--check-reproducible",
+        "--output",
+        s(&out),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("reproducible: "), "{t}");
+    for f in [
+        "minimal_image.bin",
+        "minimal_qemu_image.qcow2",
+        "minimal_metal_image.bin.xz",
+        "minimal_gce_image.tar.gz",
+        "minimal_update.payload",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // 1 board image + qemu (qcow2, sh, DIGESTS) + metal (xz, DIGESTS) + gce (tar.gz,
+    // DIGESTS) + the payload.
+    assert!(t.contains("reproducible: 9 files"), "{t}");
+}
