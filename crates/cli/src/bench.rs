@@ -29,6 +29,13 @@ pub struct BenchArgs {
     /// rebuild straight from the cache.
     #[arg(long, conflicts_with_all = ["platforms", "update"])]
     kernel: bool,
+    /// Time `kiln verify` of this release directory against `sha256sum` of the same files
+    /// (best of three each); needs --key.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["platforms", "update", "kernel"])]
+    verify: Option<PathBuf>,
+    /// The public key for --verify.
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    key: Option<PathBuf>,
     /// The single platform of --platforms.
     #[arg(long, default_value = "qemu", value_name = "NAME")]
     one: String,
@@ -51,6 +58,13 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             "recipes/minimal.toml"
         })
     });
+    if let Some(dir) = &a.verify {
+        let key = a
+            .key
+            .as_deref()
+            .context("--verify needs --key PUBLIC_KEY")?;
+        return bench_verify(dir, key);
+    }
     let agent = crate::find_agent(a.agent)?;
     if a.kernel {
         return bench_kernel(&recipe, &a.recipe_args, &agent, a.work_dir);
@@ -126,6 +140,64 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         max_rss_kib(libc::RUSAGE_CHILDREN) / 1024
     );
     drop(work);
+    Ok(0)
+}
+
+/// Verifying a release against hashing its files once with sha256sum.
+fn bench_verify(dir: &std::path::Path, key: &std::path::Path) -> Result<i32> {
+    use std::time::Instant;
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let public = kiln_release::sign::parse_public(&text, &key.display().to_string())?;
+    let mut files: Vec<PathBuf> = kiln_release::release::release_files(dir)?
+        .into_iter()
+        .map(|n| dir.join(n))
+        .collect();
+    files.push(dir.join(kiln_release::release::DIGESTS));
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut b = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            f()?;
+            b = b.min(t.elapsed().as_secs_f64());
+        }
+        Ok(b)
+    };
+    let v = best(&mut || {
+        let r = kiln_release::verify::verify(dir, &public)?;
+        anyhow::ensure!(r.ok(), "the release does not verify: {:?}", r.problems);
+        Ok(())
+    })?;
+    let s = best(&mut || {
+        let st = std::process::Command::new("sha256sum")
+            .args(&files)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "sha256sum failed");
+        Ok(())
+    })?;
+    let mib = bytes as f64 / 1048576.0;
+    println!(
+        "release: {} files, {mib:.1} MiB (page cache warm: best of 3)",
+        files.len()
+    );
+    println!(
+        "kiln verify (signature, SHA-256 and SHA-512 of every file): {v:.2} s, {:.0} MiB/s",
+        mib / v
+    );
+    println!(
+        "sha256sum of the same files:                               {s:.2} s, {:.0} MiB/s",
+        mib / s
+    );
+    println!(
+        "ratio {:.2} (goal <= 1.2: {})",
+        v / s,
+        if v / s <= 1.2 { "met" } else { "missed" }
+    );
     Ok(0)
 }
 
