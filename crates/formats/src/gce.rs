@@ -42,6 +42,9 @@ pub fn gce_tarball(raw: &Path, dest: &Path, epoch: i64) -> Result<()> {
         "--create",
         "--format=oldgnu",
         "--sparse",
+        // Holes from the bytes (runs of zero blocks), not from how the filesystem happened
+        // to allocate the raw file: the same disk always gives the same sparse map.
+        "--hole-detection=raw",
         "--owner=0",
         "--group=0",
         "--numeric-owner",
