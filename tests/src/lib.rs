@@ -281,6 +281,19 @@ pub fn update_payloads() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// A copy of board-profiles/ as `<dir>/boards`, with kernel-config/ beside it (the platform
+/// profiles name their kernel requirement lists as ../kernel-config/...). Returns the copy.
+pub fn board_profiles_copy(dir: &Path) -> PathBuf {
+    let boards = dir.join("boards");
+    for (from, to) in [
+        (root().join("board-profiles"), boards.clone()),
+        (root().join("kernel-config"), dir.join("kernel-config")),
+    ] {
+        tool("cp", &["-a", from.to_str().unwrap(), to.to_str().unwrap()]);
+    }
+    boards
+}
+
 /// A writable copy of an image (sparse), for tests that change it.
 pub fn copy_image(src: &Path, name: &str) -> PathBuf {
     let dest = test_dir().join(name);

@@ -176,16 +176,7 @@ fn missing_host_tool_names_the_package_and_writes_nothing() {
 fn oem_tree_too_large_says_both_sizes_and_writes_nothing() {
     let d = tempfile::tempdir_in(test_dir()).unwrap();
     // A copy of the board profiles whose OEM tree holds 200 MiB.
-    let boards = d.path().join("boards");
-    let st = std::process::Command::new("cp")
-        .args([
-            "-a",
-            root().join("board-profiles").to_str().unwrap(),
-            boards.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let boards = kiln_tests::board_profiles_copy(d.path());
     let big = std::fs::File::create(boards.join("oem/qemu/big.bin")).unwrap();
     big.set_len(200 * 1024 * 1024).unwrap();
     let outp = d.path().join("out");
@@ -238,17 +229,7 @@ fn missing_recipe_is_named() {
 
 /// A copy of the board profiles to break one platform file in.
 fn boards_copy(dir: &Path) -> PathBuf {
-    let boards = dir.join("boards");
-    let st = std::process::Command::new("cp")
-        .args([
-            "-a",
-            root().join("board-profiles").to_str().unwrap(),
-            boards.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    boards
+    kiln_tests::board_profiles_copy(dir)
 }
 
 #[test]

@@ -509,8 +509,7 @@ fn inspect_reads_qcow2_vmdk_and_vhd_like_the_raw_disk() {
 #[test]
 fn an_eighth_platform_is_a_data_file_and_an_oem_tree() {
     let d = tempfile::tempdir_in(test_dir()).unwrap();
-    let boards = d.path().join("boards");
-    run("cp", &["-a", s(&root().join("board-profiles")), s(&boards)]);
+    let boards = kiln_tests::board_profiles_copy(d.path());
     std::fs::create_dir_all(boards.join("oem/azure")).unwrap();
     std::fs::write(
         boards.join("oem/azure/waagent.conf"),
