@@ -459,6 +459,61 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
             && t.contains("stable: 366.1.0 (seq 1)"),
         "{t}"
     );
+
+    // The agent of an image reads the channel to find its update: a root with the release
+    // key trusted and os-release saying what runs.
+    let agent = &kiln_tests::binaries().1;
+    let fake = board.parent().unwrap().join("image-root");
+    let keys = fake.join("usr/share/kiln/update-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(&releases().public, keys.join("release.pub")).unwrap();
+    let check = |running: &str, board_name: &str| {
+        std::fs::write(
+            fake.join("usr/lib/os-release"),
+            format!("VERSION=\"{running}\"\nKILN_BOARD={board_name}\n"),
+        )
+        .unwrap();
+        let o = std::process::Command::new(agent)
+            .args(["update", "check"])
+            .arg(board.join("channels/alpha"))
+            .arg("--root")
+            .arg(&fake)
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o))
+    };
+    std::fs::create_dir_all(fake.join("usr/lib")).unwrap();
+    let (code, t) = check(V2, "amd64-usr");
+    assert_eq!(code, Some(0), "{t}");
+    let path = t
+        .split("payload ")
+        .nth(1)
+        .and_then(|r| r.split(" (").next())
+        .unwrap_or_else(|| panic!("no payload in {t}"));
+    assert!(
+        t.starts_with("kiln-agent: channel alpha offers 366.1.0 (running 366.1.1)"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::canonicalize(path).unwrap(),
+        std::fs::canonicalize(board.join(V1).join("kiln_update.payload")).unwrap()
+    );
+    let (code, t) = check(V1, "amd64-usr");
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("channel alpha is at 366.1.0: up to date"), "{t}");
+    let (code, t) = check(V2, "arm64-usr");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("the channel is for board amd64-usr, this system is arm64-usr"),
+        "{t}"
+    );
+    let other = board.parent().unwrap().join("other.pem");
+    assert!(kiln(&["key", "generate", s(&other)]).status.success());
+    std::fs::remove_file(keys.join("release.pub")).unwrap();
+    std::fs::copy(format!("{}.pub", other.display()), keys.join("other.pub")).unwrap();
+    let (code, t) = check(V2, "amd64-usr");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("not signed by a key this system trusts"), "{t}");
 }
 
 #[test]

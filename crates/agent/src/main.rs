@@ -56,6 +56,15 @@ enum UpdateCmd {
         #[arg(long, default_value_t = 1)]
         tries: u8,
     },
+    /// Read a release channel (the directory of its index.json, e.g. a mounted mirror's
+    /// <board>/channels/stable), check its signature against the trusted keys and its board,
+    /// and print what it offers: the payload to apply, or that this system is up to date.
+    Check {
+        channel: std::path::PathBuf,
+        /// The system's root, for checking an image mounted elsewhere [default: /].
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -66,6 +75,7 @@ fn main() {
         Cmd::Status => slots::status(),
         Cmd::MarkGood => slots::mark_good().map(|_| ()),
         Cmd::Update(UpdateCmd::Apply { source, tries }) => slots::apply(&source, tries),
+        Cmd::Update(UpdateCmd::Check { channel, root }) => check(&channel, &root),
         Cmd::GrowRoot { mount_point } => {
             grow::grow(&mount_point).map(|s| println!("kiln-agent: grow-root: {s}"))
         }
@@ -76,8 +86,43 @@ fn main() {
     }
 }
 
+/// `update check`: what a signed channel index offers this system.
+fn check(channel: &Path, root: &Path) -> Result<()> {
+    let keys_dir = root.join(kiln_update::TRUSTED_KEYS_DIR);
+    let trusted = kiln_update::keys::load_verifying_keys(&keys_dir)?;
+    let field = |k: &str| {
+        os_release_in(root, k)
+            .with_context(|| format!("{} has no {k}", root.join("usr/lib/os-release").display()))
+    };
+    let (running, board) = (field("VERSION")?, field("KILN_BOARD")?);
+    let offer = kiln_update::channel::check(channel, &trusted, &board, &running)?;
+    let i = &offer.index;
+    match (&offer.payload, &i.payload) {
+        (Some(path), Some(p)) => println!(
+            "kiln-agent: channel {} offers {} (running {running}): payload {} ({} bytes, sha256 {})",
+            i.channel,
+            i.version,
+            path.display(),
+            p.size,
+            p.sha256
+        ),
+        _ if i.version == running => {
+            println!("kiln-agent: channel {} is at {running}: up to date", i.channel)
+        }
+        _ => println!(
+            "kiln-agent: channel {} is at {} (running {running}) but names no payload",
+            i.channel, i.version
+        ),
+    }
+    Ok(())
+}
+
 fn os_release_value(key: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/usr/lib/os-release").ok()?;
+    os_release_in(Path::new("/"), key)
+}
+
+fn os_release_in(root: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("usr/lib/os-release")).ok()?;
     text.lines().find_map(|l| {
         let v = l.strip_prefix(key)?.strip_prefix('=')?;
         Some(v.trim_matches('"').to_string())

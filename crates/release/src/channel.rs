@@ -16,47 +16,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use kiln_recipe::version::Version;
-use serde::{Deserialize, Serialize};
 
 use crate::release::DIGESTS;
+pub use kiln_update::channel::{Index, PayloadRef, CURRENT, INDEX, INDEX_SIG};
 
 /// In promotion order.
 pub const CHANNELS: &[&str] = &["alpha", "beta", "stable"];
-pub const INDEX: &str = "index.json";
-pub const INDEX_SIG: &str = "index.json.minisig";
-pub const CURRENT: &str = "current";
-pub const INDEX_FORMAT: u32 = 1;
-
-/// The update payload as a channel index names it, for the agent to fetch and check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PayloadRef {
-    /// Relative to the index: `../../<version>/<file>`.
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
-    pub sha512: String,
-}
-
-/// A channel's index.json.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Index {
-    pub format: u32,
-    pub channel: String,
-    pub board: String,
-    /// Increases by one with every promotion.
-    pub seq: u64,
-    pub version: String,
-    /// The release directory, relative to the index.
-    pub release: String,
-    pub payload: Option<PayloadRef>,
-    /// SHA-256 of the release's (signed) DIGESTS.
-    pub digests_sha256: String,
-    pub key_id: String,
-    /// Earlier current versions, newest first.
-    pub history: Vec<String>,
-}
+pub const INDEX_FORMAT: u32 = kiln_update::channel::INDEX_FORMAT;
 
 fn channel_index(name: &str) -> Result<usize> {
     CHANNELS.iter().position(|c| *c == name).with_context(|| {

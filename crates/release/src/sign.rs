@@ -8,15 +8,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use blake2::{Blake2b512, Digest};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use sha2::Sha256;
 
 /// The signature file's extension: `DIGESTS.minisig`, where `minisign -V` looks by default.
 pub const EXT: &str = "minisig";
 
-fn keynum(pk: &VerifyingKey) -> [u8; 8] {
-    let d = Sha256::digest(pk.as_bytes());
-    d[..8].try_into().expect("8 bytes")
-}
+use kiln_update::channel::keynum;
 
 /// How minisign prints a key number: the 8 bytes as a little-endian u64, upper-case hex.
 fn keynum_text(k: &[u8; 8]) -> String {
@@ -80,20 +76,7 @@ pub fn sign(key: &SigningKey, data: &[u8], trusted_comment: &str) -> Result<Stri
 
 /// Verifies a minisign signature of `data` made by `pk`; returns the trusted comment.
 pub fn verify(pk: &VerifyingKey, data: &[u8], signature: &str) -> Result<String> {
-    let mut raw = b"Ed".to_vec();
-    raw.extend_from_slice(&keynum(pk));
-    raw.extend_from_slice(pk.as_bytes());
-    let public = minisign_verify::PublicKey::from_base64(&B64.encode(raw))
-        .map_err(|e| anyhow::anyhow!("public key: {e}"))?;
-    let sig = minisign_verify::Signature::decode(signature)
-        .map_err(|e| anyhow::anyhow!("the signature file is not a minisign signature: {e}"))?;
-    public.verify(data, &sig, false).map_err(|e| {
-        anyhow::anyhow!(
-            "signature does not verify with key {} ({e}): wrong key, or the file was changed",
-            kiln_update::keys::key_id(pk)
-        )
-    })?;
-    Ok(sig.trusted_comment().to_string())
+    kiln_update::channel::verify_minisign(pk, data, signature)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Update payloads and A/B slots: what the builder writes and the agent applies.
 
 pub mod apply;
+pub mod channel;
 pub mod esp;
 pub mod keys;
 pub mod payload;
