@@ -932,12 +932,7 @@ fn kernel_stage(r: &Resolved, debs: &Path, epoch: i64, out: &Path) -> Result<()>
     std::fs::create_dir_all(&mods)?;
     std::fs::rename(&k.modules, mods.join(&k.version))?;
     kernel::depmod(&out.join("modules"), &k.version)?;
-    let busybox = ["usr/bin/busybox", "bin/busybox"]
-        .iter()
-        .map(|p| tree.join(p))
-        .find(|p| p.is_file())
-        .context("busybox-static did not provide /bin/busybox")?;
-    std::fs::rename(busybox, out.join("busybox"))?;
+    take_busybox(&tree, out)?;
     std::fs::write(out.join("version"), format!("{}\n", k.version))?;
     std::fs::remove_dir_all(&tree)?;
     st::normalize_times(out, epoch)
@@ -1067,14 +1062,20 @@ fn kernel_source_stage(
         deb_cache: debs,
     }
     .run(&extract, &out.join("mmdebstrap.log"))?;
+    take_busybox(&extract, out)?;
+    std::fs::remove_dir_all(&extract)?;
+    st::normalize_times(out, epoch)
+}
+
+/// Moves busybox-static's binary from an extracted package tree to `<out>/busybox`.
+fn take_busybox(tree: &Path, out: &Path) -> Result<()> {
     let busybox = ["usr/bin/busybox", "bin/busybox"]
         .iter()
-        .map(|p| extract.join(p))
+        .map(|p| tree.join(p))
         .find(|p| p.is_file())
         .context("busybox-static did not provide /bin/busybox")?;
     std::fs::rename(busybox, out.join("busybox"))?;
-    std::fs::remove_dir_all(&extract)?;
-    st::normalize_times(out, epoch)
+    Ok(())
 }
 
 const PAYLOAD_XZ_LEVEL: u32 = 1;
