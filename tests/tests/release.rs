@@ -486,16 +486,16 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
     let (code, t) = check(V2, "amd64-usr");
     assert_eq!(code, Some(0), "{t}");
     let path = t
-        .split("payload ")
-        .nth(1)
-        .and_then(|r| r.split(" (").next())
+        .split_once("): payload ")
+        .and_then(|(_, r)| r.rsplit_once(" ("))
+        .map(|(p, _)| p)
         .unwrap_or_else(|| panic!("no payload in {t}"));
     assert!(
         t.starts_with("kiln-agent: channel alpha offers 366.1.0 (running 366.1.1)"),
         "{t}"
     );
     assert_eq!(
-        std::fs::canonicalize(path).unwrap(),
+        std::fs::canonicalize(path).unwrap_or_else(|e| panic!("{path}: {e}; {t}")),
         std::fs::canonicalize(board.join(V1).join("kiln_update.payload")).unwrap()
     );
     let (code, t) = check(V1, "amd64-usr");
