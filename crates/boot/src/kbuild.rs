@@ -43,14 +43,14 @@ pub fn source_hash(source: &Path) -> Result<String> {
             .with_context(|| format!("cannot open kernel source {}", source.display()))?;
         std::io::copy(&mut f, &mut h)
             .with_context(|| format!("cannot read kernel source {}", source.display()))?;
-        return Ok(format!("tarball:{}", hex(&h.finalize())));
+        return Ok(format!("tarball:{}", hex::encode(h.finalize())));
     }
     use std::os::unix::fs::MetadataExt;
     let mut entries = Vec::new();
     for e in walkdir::WalkDir::new(source).sort_by_file_name() {
         let e = e.with_context(|| format!("cannot read kernel tree {}", source.display()))?;
         let rel = e.path().strip_prefix(source).unwrap_or(e.path());
-        // A build inside the tree (not O=) would change it under us; its outputs don't count.
+        // Version control metadata is not source.
         if rel.starts_with(".git") {
             continue;
         }
@@ -66,14 +66,7 @@ pub fn source_hash(source: &Path) -> Result<String> {
     for e in entries {
         h.update(e.as_bytes());
     }
-    Ok(format!("tree:{}", hex(&h.finalize())))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().fold(String::new(), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    Ok(format!("tree:{}", hex::encode(h.finalize())))
 }
 
 /// The toolchain a kernel build depends on: the first line of `gcc`, `ld` and `make`

@@ -260,18 +260,22 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         .finish();
     // A kernel from source is keyed by the source, the fragments and the toolchain: an
     // unchanged one is never rebuilt.
-    let source_key = match &r.kernel.build {
-        Some(b) => {
+    // The source's hash is computed once: it reads the whole tarball.
+    let source_hash = match &r.kernel.build {
+        Some(b) => Some(kiln_boot::kbuild::source_hash(&b.source)?),
+        None => None,
+    };
+    let source_key = match (&r.kernel.build, &source_hash) {
+        (Some(b), Some(hash)) => {
             kiln_boot::kbuild::check_arch(&r.board.arch)?;
             Some(format!(
-                "{}\n{}\n{:?}\n{}",
-                kiln_boot::kbuild::source_hash(&b.source)?,
+                "{hash}\n{}\n{:?}\n{}",
                 b.fragments_hash,
                 b.base,
                 kiln_boot::kbuild::toolchain()?
             ))
         }
-        None => None,
+        _ => None,
     };
     let kernel_key = Key::new("kernel")
         .add("source", source_key.as_deref().unwrap_or("debian"))
@@ -290,7 +294,15 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         let k = s.spawn(|| {
             cache.stage("kernel", &kernel_key, opts.rebuild, |out| {
                 match &r.kernel.build {
-                    Some(b) => kernel_source_stage(r, b, cache, &kernel_key, &debs, out),
+                    Some(b) => kernel_source_stage(
+                        r,
+                        b,
+                        source_hash.as_deref().expect("hashed with the key"),
+                        cache,
+                        &kernel_key,
+                        &debs,
+                        out,
+                    ),
                     None => kernel_stage(r, &debs, epoch, out),
                 }
             })
@@ -977,6 +989,7 @@ fn check_kernel(r: &Resolved, config: &Path) -> Result<()> {
 fn kernel_source_stage(
     r: &Resolved,
     b: &kiln_recipe::KernelBuild,
+    hash: &str,
     cache: &CacheDirs,
     key: &str,
     debs: &Path,
@@ -995,8 +1008,7 @@ fn kernel_source_stage(
         log.display()
     );
 
-    let hash = kbuild::source_hash(&b.source)?;
-    let tree = kbuild::tree(&b.source, &hash, &cache.root.join("kernel-src"))?;
+    let tree = kbuild::tree(&b.source, hash, &cache.root.join("kernel-src"))?;
     let work = cache.work_dir()?;
     let build = kbuild::Build {
         tree: &tree,
