@@ -145,5 +145,8 @@ pub struct Platform {
     pub artifact: ArtifactDef,
     pub boot: BootDef,
     pub oem_tree_hash: String,
+    /// A check on the kernel, not part of the image: left out of the platform's identity
+    /// (as a path it would also make the identity depend on where the checkout is).
+    #[serde(skip)]
     pub kernel_requirements: Option<std::path::PathBuf>,
 }
