@@ -73,6 +73,7 @@ pub fn disk_size(r: &Resolved, p: &Platform, planned: u64) -> Result<u64> {
 pub fn produce(
     r: &Resolved,
     p: &Platform,
+    identity: &str,
     raw: &Path,
     out: &Path,
     keep_raw: bool,
@@ -85,8 +86,12 @@ pub fn produce(
     let disk = out.join(&disk_name);
     let size = std::fs::metadata(raw)?.len();
     let uefi = p.boot.firmware == Firmware::Uefi;
+    let stamp = fmt::Stamp {
+        created: epoch,
+        id: crate::ids::derive(identity, "disk-image-id").into_bytes(),
+    };
     match a.packing {
-        Packing::None => fmt::convert(raw, &disk_format(p), &disk)?,
+        Packing::None => fmt::convert(raw, &disk_format(p), &disk, &stamp)?,
         Packing::Xz => {
             if a.format != DiskFormatName::Raw {
                 bail!("platform {}: xz packing is for raw disks", p.name);
@@ -153,7 +158,7 @@ pub fn produce(
                         scsi: scsi.into(),
                     },
                     &path,
-                    epoch,
+                    &stamp,
                 )?;
                 path
             }

@@ -791,6 +791,7 @@ fn build_variant(
             let files = crate::artifact::produce(
                 r,
                 p,
+                &v.identity,
                 &raw,
                 staging,
                 opts.keep_raw,

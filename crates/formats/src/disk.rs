@@ -128,9 +128,20 @@ pub fn check_size(format: &DiskFormat, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// What qemu-img would otherwise make up for an image: the VHD footer's creation time and
+/// unique id, the VMDK descriptor's content id (CID). Derived from the recipe and
+/// SOURCE_DATE_EPOCH, they make the same disk give the same bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Seconds since 1970.
+    pub created: i64,
+    pub id: [u8; 16],
+}
+
 /// Converts the raw disk `raw` to `format` at `dest` with `qemu-img convert` (a raw result
-/// is written sparse). The size is checked first with [`check_size`].
-pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path) -> Result<()> {
+/// is written sparse), with the identifiers of `stamp`. The size is checked first with
+/// [`check_size`].
+pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path, stamp: &Stamp) -> Result<()> {
     let size = source_size(raw)?;
     check_size(format, size)
         .with_context(|| format!("cannot write {} as {format}", raw.display()))?;
@@ -150,8 +161,108 @@ pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path) -> Result<()> {
             dest.display()
         )
     })?;
+    match format {
+        DiskFormat::Vhd { .. } => stamp_vhd(staged.path(), stamp),
+        DiskFormat::Vmdk { .. } => stamp_vmdk(staged.path(), stamp),
+        DiskFormat::Raw | DiskFormat::Qcow2 { .. } => Ok(()),
+    }
+    .with_context(|| format!("cannot set the identifiers of {}", dest.display()))?;
     staged.commit(0o644)?;
     tracing::debug!("wrote {} ({format})", dest.display());
+    Ok(())
+}
+
+/// Seconds from 1970 to 2000-01-01 00:00:00 UTC, where VHD time starts.
+const VHD_EPOCH: i64 = 946_684_800;
+
+/// The VHD footer's checksum: the one's complement of the sum of its bytes, the checksum
+/// field (64..68) left out.
+fn vhd_checksum(footer: &[u8; 512]) -> u32 {
+    let sum = footer
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(64..68).contains(i))
+        .fold(0u32, |a, (_, &b)| a.wrapping_add(b as u32));
+    !sum
+}
+
+/// Sets the time stamp (offset 24) and unique id (68) of a VHD's footer, and of the copy of
+/// it a dynamic VHD keeps at its start, with their checksum (64).
+fn stamp_vhd(path: &Path, stamp: &Stamp) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let len = f.metadata()?.len();
+    if len < 512 {
+        bail!("{} is too short for a VHD footer", path.display());
+    }
+    let time = u32::try_from((stamp.created - VHD_EPOCH).max(0)).unwrap_or(u32::MAX);
+    let mut written = 0;
+    for off in [len - 512, 0] {
+        let mut footer = [0u8; 512];
+        f.read_exact_at(&mut footer, off)?;
+        if &footer[..8] != b"conectix" {
+            continue;
+        }
+        footer[24..28].copy_from_slice(&time.to_be_bytes());
+        footer[68..84].copy_from_slice(&stamp.id);
+        let sum = vhd_checksum(&footer);
+        footer[64..68].copy_from_slice(&sum.to_be_bytes());
+        f.write_all_at(&footer, off)?;
+        written += 1;
+        if len == 512 {
+            break;
+        }
+    }
+    if written == 0 {
+        bail!("{} has no VHD footer", path.display());
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Sets the content id in the descriptor a sparse VMDK embeds (its place and size, in
+/// sectors, are in the header at offsets 28 and 36).
+fn stamp_vmdk(path: &Path, stamp: &Stamp) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut header = [0u8; 512];
+    f.read_exact_at(&mut header, 0)?;
+    if &header[..4] != b"KDMV" {
+        bail!("{} is not a sparse VMDK", path.display());
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
+    let (offset, sectors) = (u64_at(28), u64_at(36));
+    if offset == 0 || sectors == 0 || sectors > 2048 {
+        bail!("{} has no embedded descriptor", path.display());
+    }
+    let mut area = vec![0u8; sectors as usize * 512];
+    f.read_exact_at(&mut area, offset * 512)?;
+    let end = area.iter().position(|&b| b == 0).unwrap_or(area.len());
+    let text = std::str::from_utf8(&area[..end]).context("the VMDK descriptor is not text")?;
+    // ffffffff means "no parent" in parentCID; never use it as our own.
+    let mut cid = u32::from_be_bytes(stamp.id[..4].try_into().expect("4 bytes"));
+    if cid == u32::MAX {
+        cid = 0xfffffffe;
+    }
+    let mut found = false;
+    let new: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("CID=") {
+                found = true;
+                format!("CID={cid:08x}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    if !found || new.len() > area.len() {
+        bail!("{}: the VMDK descriptor has no CID line to set", path.display());
+    }
+    area.fill(0);
+    area[..new.len()].copy_from_slice(new.as_bytes());
+    f.write_all_at(&area, offset * 512)?;
+    f.sync_all()?;
     Ok(())
 }
 
@@ -167,7 +278,7 @@ pub fn move_raw(raw: &Path, dest: &Path) -> Result<()> {
                 .with_context(|| format!("cannot move {} to {}", raw.display(), dest.display()))
         }
     }
-    convert(raw, &DiskFormat::Raw, dest)?;
+    convert(raw, &DiskFormat::Raw, dest, &Stamp::default())?;
     std::fs::remove_file(raw).with_context(|| format!("cannot remove {}", raw.display()))
 }
 
@@ -175,6 +286,11 @@ pub fn move_raw(raw: &Path, dest: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::testutil::*;
+
+    const STAMP: Stamp = Stamp {
+        created: 1735689600,
+        id: [7; 16],
+    };
 
     fn vmdk(sub: &str) -> DiskFormat {
         DiskFormat::Vmdk {
@@ -210,7 +326,7 @@ mod tests {
         ];
         for (format, name, file) in cases.iter().cloned() {
             let dest = dir.path().join(file);
-            convert(&raw, &format, &dest).unwrap();
+            convert(&raw, &format, &dest, &STAMP).unwrap();
             let info = qemu_info(&dest, name);
             assert_eq!(info["format"], name, "{format}: {info}");
             assert_eq!(info["virtual-size"], 4 * MIB, "{format}: {info}");
@@ -245,6 +361,59 @@ mod tests {
         );
     }
 
+    /// qemu-img makes up VHD's time and unique id and VMDK's CID, and names its temporary
+    /// file in the VMDK descriptor: with a stamp, two conversions give the same bytes, which
+    /// qemu-img still reads as the same disk.
+    #[test]
+    fn vhd_and_vmdk_come_out_the_same_every_time() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let raw = make_raw(dir.path(), 4 * MIB);
+        for (format, name) in [
+            (vhd("dynamic"), "vpc"),
+            (vhd("fixed"), "vpc"),
+            (vmdk("monolithicSparse"), "vmdk"),
+            (vmdk("streamOptimized"), "vmdk"),
+        ] {
+            // The same name in two places: a VMDK names its own file in its descriptor.
+            let (a, b) = (dir.path().join("a/disk.img"), dir.path().join("b/disk.img"));
+            for d in ["a", "b"] {
+                std::fs::create_dir_all(dir.path().join(d)).unwrap();
+            }
+            convert(&raw, &format, &a, &STAMP).unwrap();
+            // qemu-img's own time stamps are in seconds.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            convert(&raw, &format, &b, &STAMP).unwrap();
+            let bytes = std::fs::read(&a).unwrap();
+            assert!(bytes == std::fs::read(&b).unwrap(), "{format} differs");
+            qemu_compare(&raw, &a, name);
+            if name == "vmdk" {
+                qemu_img_ok(&["check", "-f", "vmdk"], &a);
+                let text = String::from_utf8_lossy(&bytes[512..4096]).into_owned();
+                assert!(text.contains("CID=07070707\n"), "{text}");
+                assert!(text.contains("SPARSE \"disk.img\""), "{text}");
+            } else {
+                let f = std::fs::File::open(&a).unwrap();
+                let len = f.metadata().unwrap().len();
+                let mut footer = [0u8; 512];
+                f.read_exact_at(&mut footer, len - 512).unwrap();
+                // 2025-01-01 is 789004800 s after 2000-01-01.
+                assert_eq!(&footer[24..28], &789004800u32.to_be_bytes());
+                assert_eq!(&footer[68..84], &[7; 16]);
+                assert_eq!(&footer[64..68], &vhd_checksum(&footer).to_be_bytes());
+                if format == vhd("dynamic") {
+                    assert_eq!(&bytes[..512], &footer[..], "the footer's copy at the start");
+                }
+            }
+            let other = Stamp {
+                id: [8; 16],
+                ..STAMP
+            };
+            convert(&raw, &format, &b, &other).unwrap();
+            assert!(bytes != std::fs::read(&b).unwrap(), "{format}: the id is used");
+        }
+    }
+
     #[test]
     fn bad_sizes_are_rejected() {
         assert!(check_size(&vhd("fixed"), 1024 * MIB).is_ok());
@@ -269,7 +438,7 @@ mod tests {
         let raw = dir.path().join("odd.raw");
         std::fs::write(&raw, vec![1u8; 1000]).unwrap();
         let dest = dir.path().join("odd.vhd");
-        let e = format!("{:#}", convert(&raw, &vhd("fixed"), &dest).unwrap_err());
+        let e = format!("{:#}", convert(&raw, &vhd("fixed"), &dest, &STAMP).unwrap_err());
         assert!(e.contains("1 MiB"), "{e}");
         assert!(!dest.exists());
     }
@@ -290,7 +459,7 @@ mod tests {
             },
             vhd("sparse"),
         ] {
-            let e = convert(&raw, &f, &dest).unwrap_err().to_string();
+            let e = convert(&raw, &f, &dest, &STAMP).unwrap_err().to_string();
             assert!(e.contains("expected one of"), "{e}");
             assert!(!dest.exists());
         }
@@ -300,7 +469,7 @@ mod tests {
     fn missing_source_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.qcow2");
-        let e = convert(&dir.path().join("nope.raw"), &DiskFormat::qcow2(), &dest).unwrap_err();
+        let e = convert(&dir.path().join("nope.raw"), &DiskFormat::qcow2(), &dest, &STAMP).unwrap_err();
         assert!(format!("{e:#}").contains("nope.raw"), "{e:#}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -312,7 +481,7 @@ mod tests {
         let dest = dir.path().join("missing-dir").join("out.qcow2");
         let e = format!(
             "{:#}",
-            convert(&raw, &DiskFormat::qcow2(), &dest).unwrap_err()
+            convert(&raw, &DiskFormat::qcow2(), &dest, &STAMP).unwrap_err()
         );
         assert!(e.contains("missing-dir"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -19,7 +19,7 @@ mod vmx;
 mod xz;
 
 pub use digests::{digests, hash_file};
-pub use disk::{check_size, convert, move_raw, DiskFormat, VHD_MAX_BYTES};
+pub use disk::{check_size, convert, move_raw, DiskFormat, Stamp, VHD_MAX_BYTES};
 pub use gce::{check_gce_size, gce_tarball};
 pub use launch::{qemu_launch_script, LaunchScriptInfo};
 pub use ova::{ova, ovf_xml, OvfInfo, VMX_HW_VERSION};

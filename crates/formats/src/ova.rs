@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::disk::{convert, DiskFormat};
+use crate::disk::{convert, DiskFormat, Stamp};
 use crate::util::{check_plain_name, source_size, tool, write_file_atomic, xml_escape, Staged};
 
 /// The virtual hardware version the OVF and the .vmx ask for (ESXi 6.5, Workstation 12.5
@@ -135,8 +135,10 @@ pub fn ovf_xml(info: &OvfInfo, disk_file_name: &str, disk_file_size: u64) -> Str
 /// Writes the OVA `dest` for the raw disk `raw`: converts it to `<name>.vmdk`
 /// (streamOptimized), writes `<name>.ovf` ([`ovf_xml`]) and `<name>.mf` (`SHA256(<file>)=
 /// <hex>` for both, as ovftool writes it), and packs them in that order — .ovf, .mf, .vmdk —
-/// into a ustar tar with mode 0644, owner 0 and mtime `epoch`.
-pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, epoch: i64) -> Result<()> {
+/// into a ustar tar with mode 0644, owner 0 and mtime `stamp.created`; the VMDK carries
+/// `stamp`'s identifiers.
+pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, stamp: &Stamp) -> Result<()> {
+    let epoch = stamp.created;
     check_plain_name("VM name", &info.name)?;
     let size = source_size(raw)?;
     if info.capacity_bytes != size {
@@ -189,6 +191,7 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, epoch: i64) -> Result<()> {
             adapter: "lsilogic".into(),
         },
         &vmdk,
+        stamp,
     )?;
     let vmdk_size = std::fs::metadata(&vmdk)
         .with_context(|| format!("cannot stat {}", vmdk.display()))?
@@ -240,6 +243,13 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, epoch: i64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::testutil::*;
+
+    fn stamp(created: i64) -> Stamp {
+        Stamp {
+            created,
+            id: [1; 16],
+        }
+    }
 
     fn info(size: u64) -> OvfInfo {
         OvfInfo {
@@ -308,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = make_raw(dir.path(), 4 << 20);
         let dest = dir.path().join("kiln.ova");
-        ova(&raw, &info(4 << 20), &dest, 1735689600).unwrap();
+        ova(&raw, &info(4 << 20), &dest, &stamp(1735689600)).unwrap();
         let listing = sh(&format!("TZ=UTC tar --full-time -tvf '{}'", dest.display()));
         let rows: Vec<Vec<&str>> = listing
             .lines()
@@ -361,13 +371,13 @@ mod tests {
         let dest = dir.path().join("kiln.ova");
         let mut bad = info(4 << 20);
         bad.name = "../evil".into();
-        assert!(ova(&raw, &bad, &dest, 0).is_err());
-        let e = ova(&raw, &info(8 << 20), &dest, 0).unwrap_err().to_string();
+        assert!(ova(&raw, &bad, &dest, &stamp(0)).is_err());
+        let e = ova(&raw, &info(8 << 20), &dest, &stamp(0)).unwrap_err().to_string();
         assert!(e.contains("8388608"), "{e}");
         let mut bad = info(4 << 20);
         bad.scsi = "pvscsi".into();
-        assert!(ova(&raw, &bad, &dest, 0).is_err());
-        assert!(ova(&dir.path().join("missing.raw"), &info(4 << 20), &dest, 0).is_err());
+        assert!(ova(&raw, &bad, &dest, &stamp(0)).is_err());
+        assert!(ova(&dir.path().join("missing.raw"), &info(4 << 20), &dest, &stamp(0)).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -6,15 +6,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tempfile::TempPath;
 
 pub(crate) const MIB: u64 = 1 << 20;
 pub(crate) const GIB: u64 = 1 << 30;
 
-/// An artifact being written: a temporary file in the destination's directory that is
-/// removed when dropped, unless [`Staged::commit`] renames it into place.
+/// An artifact being written: a file with the destination's own name inside a hidden
+/// temporary directory beside the destination (tools such as qemu-img record the name they
+/// wrote in the file), removed when dropped, unless [`Staged::commit`] renames it into place.
 pub(crate) struct Staged {
-    tmp: TempPath,
+    dir: tempfile::TempDir,
+    path: PathBuf,
     dest: PathBuf,
 }
 
@@ -23,48 +24,49 @@ impl Staged {
         let name = dest
             .file_name()
             .with_context(|| format!("destination {} has no file name", dest.display()))?;
-        let dir = parent_dir(dest);
-        let tmp = tempfile::Builder::new()
+        let parent = parent_dir(dest);
+        let dir = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".part")
-            .tempfile_in(dir)
+            .tempdir_in(parent)
             .with_context(|| {
                 format!(
-                    "cannot create a temporary file in {} for {}",
-                    dir.display(),
+                    "cannot create a temporary directory in {} for {}",
+                    parent.display(),
                     dest.display()
                 )
-            })?
-            .into_temp_path();
+            })?;
+        let path = dir.path().join(name);
+        File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Staged {
-            tmp,
+            dir,
+            path,
             dest: dest.to_path_buf(),
         })
     }
 
     /// The temporary file to write (it exists, empty).
     pub(crate) fn path(&self) -> &Path {
-        &self.tmp
+        &self.path
     }
 
     /// Sets the mode, flushes the data to disk and renames the file to its destination.
     pub(crate) fn commit(self, mode: u32) -> Result<()> {
-        let tmp_shown = self.tmp.display().to_string();
-        std::fs::set_permissions(&self.tmp, Permissions::from_mode(mode))
+        let tmp_shown = self.path.display().to_string();
+        std::fs::set_permissions(&self.path, Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {tmp_shown}"))?;
-        File::open(&self.tmp)
+        File::open(&self.path)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("cannot flush {tmp_shown} to disk"))?;
-        let dest = self.dest;
-        self.tmp
-            .persist(&dest)
-            .map_err(|e| e.error)
-            .with_context(|| format!("cannot rename {tmp_shown} to {}", dest.display()))?;
+        std::fs::rename(&self.path, &self.dest)
+            .with_context(|| format!("cannot rename {tmp_shown} to {}", self.dest.display()))?;
         // Make the rename itself durable; failing that is not worth failing the build.
-        if let Ok(d) = File::open(parent_dir(&dest)) {
+        if let Ok(d) = File::open(parent_dir(&self.dest)) {
             let _ = d.sync_all();
         }
-        Ok(())
+        self.dir
+            .close()
+            .with_context(|| format!("cannot remove the staging directory of {tmp_shown}"))
     }
 }
 
