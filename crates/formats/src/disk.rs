@@ -190,7 +190,10 @@ fn vhd_checksum(footer: &[u8; 512]) -> u32 {
 /// it a dynamic VHD keeps at its start, with their checksum (64).
 fn stamp_vhd(path: &Path, stamp: &Stamp) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let len = f.metadata()?.len();
     if len < 512 {
         bail!("{} is too short for a VHD footer", path.display());
@@ -224,7 +227,10 @@ fn stamp_vhd(path: &Path, stamp: &Stamp) -> Result<()> {
 /// sectors, are in the header at offsets 28 and 36).
 fn stamp_vmdk(path: &Path, stamp: &Stamp) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let mut header = [0u8; 512];
     f.read_exact_at(&mut header, 0)?;
     if &header[..4] != b"KDMV" {
@@ -257,7 +263,10 @@ fn stamp_vmdk(path: &Path, stamp: &Stamp) -> Result<()> {
         })
         .collect();
     if !found || new.len() > area.len() {
-        bail!("{}: the VMDK descriptor has no CID line to set", path.display());
+        bail!(
+            "{}: the VMDK descriptor has no CID line to set",
+            path.display()
+        );
     }
     area.fill(0);
     area[..new.len()].copy_from_slice(new.as_bytes());
@@ -410,7 +419,10 @@ mod tests {
                 ..STAMP
             };
             convert(&raw, &format, &b, &other).unwrap();
-            assert!(bytes != std::fs::read(&b).unwrap(), "{format}: the id is used");
+            assert!(
+                bytes != std::fs::read(&b).unwrap(),
+                "{format}: the id is used"
+            );
         }
     }
 
@@ -438,7 +450,10 @@ mod tests {
         let raw = dir.path().join("odd.raw");
         std::fs::write(&raw, vec![1u8; 1000]).unwrap();
         let dest = dir.path().join("odd.vhd");
-        let e = format!("{:#}", convert(&raw, &vhd("fixed"), &dest, &STAMP).unwrap_err());
+        let e = format!(
+            "{:#}",
+            convert(&raw, &vhd("fixed"), &dest, &STAMP).unwrap_err()
+        );
         assert!(e.contains("1 MiB"), "{e}");
         assert!(!dest.exists());
     }
@@ -469,7 +484,13 @@ mod tests {
     fn missing_source_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.qcow2");
-        let e = convert(&dir.path().join("nope.raw"), &DiskFormat::qcow2(), &dest, &STAMP).unwrap_err();
+        let e = convert(
+            &dir.path().join("nope.raw"),
+            &DiskFormat::qcow2(),
+            &dest,
+            &STAMP,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("nope.raw"), "{e:#}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

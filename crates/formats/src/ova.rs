@@ -372,12 +372,20 @@ mod tests {
         let mut bad = info(4 << 20);
         bad.name = "../evil".into();
         assert!(ova(&raw, &bad, &dest, &stamp(0)).is_err());
-        let e = ova(&raw, &info(8 << 20), &dest, &stamp(0)).unwrap_err().to_string();
+        let e = ova(&raw, &info(8 << 20), &dest, &stamp(0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("8388608"), "{e}");
         let mut bad = info(4 << 20);
         bad.scsi = "pvscsi".into();
         assert!(ova(&raw, &bad, &dest, &stamp(0)).is_err());
-        assert!(ova(&dir.path().join("missing.raw"), &info(4 << 20), &dest, &stamp(0)).is_err());
+        assert!(ova(
+            &dir.path().join("missing.raw"),
+            &info(4 << 20),
+            &dest,
+            &stamp(0)
+        )
+        .is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
