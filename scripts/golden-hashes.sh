@@ -5,4 +5,5 @@
 # alter the bytes kiln writes, or when the machine's packages moved on; say why in the commit.
 set -eu
 cd "$(dirname "$0")/.."
+KILN_GOLDEN_UPDATE=1 cargo test --locked -p kiln-recipe --test identity
 KILN_GOLDEN_UPDATE=1 cargo test --locked -p kiln-tests --test golden -- --nocapture

@@ -6,36 +6,48 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kiln_formats as fmt;
-use kiln_recipe::platform::{DiskFormatName, Packing, Platform, Sidecar};
+use kiln_recipe::platform::{Format, Packing, Platform, Sidecar};
 use kiln_recipe::{Firmware, Resolved};
 
 fn disk_format(p: &Platform) -> fmt::DiskFormat {
     let a = &p.artifact;
     match a.format {
-        DiskFormatName::Raw => fmt::DiskFormat::Raw,
-        DiskFormatName::Qcow2 => fmt::DiskFormat::Qcow2 {
-            compat: a.compat.clone().unwrap_or_else(|| "1.1".into()),
+        Format::Raw => fmt::DiskFormat::Raw,
+        Format::Qcow2 { compat } => fmt::DiskFormat::Qcow2 {
+            compat: compat.to_string(),
         },
-        DiskFormatName::Vmdk => fmt::DiskFormat::Vmdk {
-            subformat: a
-                .subformat
-                .clone()
-                .unwrap_or_else(|| "monolithicSparse".into()),
-            adapter: a.adapter.clone().unwrap_or_else(|| "lsilogic".into()),
+        Format::Vmdk { subformat } => fmt::DiskFormat::Vmdk {
+            subformat: subformat.to_string(),
+            adapter: a
+                .vmware
+                .as_ref()
+                .expect("a vmdk has its vmware table (checked at load)")
+                .controller
+                .vmdk_adapter()
+                .to_string(),
         },
-        DiskFormatName::Vhd => fmt::DiskFormat::Vhd {
-            subformat: a.subformat.clone().unwrap_or_else(|| "dynamic".into()),
+        Format::Vhd { subformat } => fmt::DiskFormat::Vhd {
+            subformat: subformat.to_string(),
         },
     }
+}
+
+fn vmware(p: &Platform) -> Result<&kiln_recipe::platform::Vmware> {
+    p.artifact.vmware.as_ref().with_context(|| {
+        format!(
+            "platform {}: the VMware sidecars need [artifact.vmware]",
+            p.name
+        )
+    })
 }
 
 /// The platform's disk size: the layout's, rounded up to `size-multiple`, or the fixed
 /// `disk-size`; checked against what the format and packing allow.
 pub fn disk_size(r: &Resolved, p: &Platform, planned: u64) -> Result<u64> {
     let a = &p.artifact;
-    let size = match &a.disk_size {
+    let size = match &a.size.fixed {
         Some(fixed) => {
-            let fixed = fixed.get_ref().0;
+            let fixed = fixed.0;
             if fixed < planned {
                 bail!(
                     "platform {}: disk-size {} MiB is smaller than the layout needs ({} MiB)",
@@ -46,12 +58,12 @@ pub fn disk_size(r: &Resolved, p: &Platform, planned: u64) -> Result<u64> {
             }
             fixed
         }
-        None => match a.size_multiple {
+        None => match a.size.multiple {
             Some(m) if m.0 > 0 => planned.div_ceil(m.0) * m.0,
             _ => planned,
         },
     };
-    if let Some(m) = a.size_multiple {
+    if let Some(m) = a.size.multiple {
         if m.0 == 0 || !size.is_multiple_of(m.0) {
             bail!(
                 "platform {}: disk size {size} bytes is not a multiple of {}",
@@ -92,19 +104,13 @@ pub fn produce(
     };
     match a.packing {
         Packing::None => fmt::convert(raw, &disk_format(p), &disk, &stamp)?,
-        Packing::Xz => {
-            if a.format != DiskFormatName::Raw {
-                bail!("platform {}: xz packing is for raw disks", p.name);
-            }
+        Packing::Xz { level } => {
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1);
-            fmt::xz_compress(raw, &disk, threads, a.xz_level, Some(xz_chunks))?;
+            fmt::xz_compress(raw, &disk, threads, level, Some(xz_chunks))?;
         }
         Packing::GceTar => {
-            if a.format != DiskFormatName::Raw {
-                bail!("platform {}: gce-tar packing is for raw disks", p.name);
-            }
             fmt::gce_tarball(raw, &disk, epoch)?;
         }
     }
@@ -125,26 +131,24 @@ pub fn produce(
                 path
             }
             Sidecar::Vmx => {
+                let vm = vmware(p)?;
                 let path = out.join(format!("{stem}_image.vmx"));
                 let text = fmt::vmx(&fmt::VmxInfo {
                     name: stem.clone(),
                     disk_file_name: disk_name.clone(),
                     memory_mib: a.memory_mib,
                     cpus: a.cpus,
-                    scsi: a.scsi.clone().unwrap_or_else(|| "lsilogic".into()),
-                    nic: a.nic.clone().unwrap_or_else(|| "vmxnet3".into()),
+                    scsi: vm.controller.vmx_name().into(),
+                    nic: vm.nic.vmx_name().into(),
                     firmware_efi: uefi,
-                    guest_os: "other5xlinux-64".into(),
+                    guest_os: vm.guest_os.clone(),
                 });
                 fmt::write_file_atomic(&path, text.as_bytes(), 0o644)?;
                 path
             }
             Sidecar::Ova => {
+                let vm = vmware(p)?;
                 let path = out.join(format!("{stem}.ova"));
-                let scsi = match a.scsi.as_deref() {
-                    Some("pvscsi") => "VirtualSCSI",
-                    _ => "lsilogic",
-                };
                 fmt::ova(
                     raw,
                     &fmt::OvfInfo {
@@ -152,10 +156,10 @@ pub fn produce(
                         capacity_bytes: size,
                         memory_mib: a.memory_mib,
                         cpus: a.cpus,
-                        os_type: "otherLinux64Guest".into(),
+                        os_type: vm.ovf_os_type.clone(),
                         firmware_efi: uefi,
-                        nic: "VmxNet3".into(),
-                        scsi: scsi.into(),
+                        nic: vm.nic.ovf_name().into(),
+                        scsi: vm.controller.ovf_name().into(),
                     },
                     &path,
                     &stamp,

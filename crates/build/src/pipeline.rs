@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use kiln_boot::{grub, initramfs, kernel};
 use kiln_disk::{Attributes, PartitionSpec, Slot};
 use kiln_fs::{erofs::Erofs, ext4::Ext4, stage as st, tools, vfat::Vfat};
-use kiln_recipe::{Content, Filesystem, Firmware, Partition, Resolved, SlotName};
+use kiln_recipe::{Filesystem, Firmware, Partition, Resolved};
 use serde::Serialize;
 
 use crate::cache::CacheDirs;
@@ -225,10 +225,13 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let board_cmdline = r.kernel.cmdline.clone();
     let mut variants = vec![Variant {
         name: "board".into(),
-        identity: identity.clone(),
+        identity: identity.to_string(),
         oem_id: &r.oem.id,
         oem_tree: &r.oem.tree,
-        oem_tree_hash: r.tree_hashes.last().expect("the OEM tree is hashed last"),
+        oem_tree_hash: r
+            .tree_hashes
+            .last()
+            .context("the OEM tree is hashed last")?,
         layout: &r.layout,
         cmdline: board_cmdline,
         platform: None,
@@ -236,7 +239,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     for p in &r.platforms {
         variants.push(Variant {
             name: p.name.clone(),
-            identity: r.platform_identity(p),
+            identity: p.identity.clone(),
             oem_id: &p.oem.id,
             oem_tree: &p.oem.tree,
             oem_tree_hash: &p.oem_tree_hash,
@@ -342,12 +345,8 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     // Before any image is written: the kernel has what every platform built needs.
     check_kernel(r, &kst.dir.join("config"))?;
 
-    let usr_part = r.layout.slot(SlotName::A).expect("layout checked");
-    let esp_number = r
-        .layout
-        .by_content(Content::Esp)
-        .expect("layout checked")
-        .number;
+    let usr_part = r.layout.usr(Slot::A);
+    let esp_number = r.layout.esp().number;
     let update_key_pem = opts
         .signing
         .as_ref()
@@ -356,7 +355,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         .add("packages", &packages_key)
         .add("kernel", &kernel_key)
         .add("agent", &agent_hash)
-        .add("identity", &identity)
+        .add("identity", identity)
         .add("update-key", update_key_pem.as_deref().unwrap_or("none"))
         .finish();
     let usr_key = Key::new("usr")
@@ -379,7 +378,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     // USR and every ROOT share the assembled tree; make it only if one of them is missing.
     let work = cache.work_dir()?;
     let root_missing = variants.iter().any(|v| {
-        let size = v.layout.by_content(Content::Root).expect("checked").size.0;
+        let size = v.layout.root().size.0;
         !cache
             .stage_dir("root", &root_key(&tree_key, size, &versions))
             .is_dir()
@@ -408,13 +407,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     // One initramfs for the board, with the modules of every platform of the board: a
     // slot's kernel and initramfs travel in the update payload, which serves every platform.
     let modules = &r.kernel.board_initramfs_modules;
-    let oem_spec = format!(
-        "PARTLABEL={}",
-        r.layout
-            .by_content(Content::Oem)
-            .expect("layout checked")
-            .label
-    );
+    let oem_spec = format!("PARTLABEL={}", r.layout.oem().label);
     let initramfs_key = Key::new("initramfs")
         .add("kernel", &kernel_key)
         .add("agent", &agent_hash)
@@ -449,7 +442,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             })
         });
         let u = cache.stage("usr", &usr_key, opts.rebuild, |out| {
-            usr_stage(r, usr_part, &identity, &usr_tree, out)
+            usr_stage(r, usr_part, identity, &usr_tree, out)
         });
         (
             u,
@@ -468,7 +461,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         r,
         opts,
         versions: &versions,
-        identity: &identity,
+        identity,
         kernel_key: &kernel_key,
         kst: &kst,
         grub_key: &grub_key,
@@ -604,7 +597,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             .is_file()
             .then(|| file_hash(&kst.dir.join("config")))
             .transpose()?,
-        recipe_hash: identity.clone(),
+        recipe_hash: identity.to_string(),
         packages: crate::packages::installed_packages(&packages_dir.join("root"))?,
         tools: versions.as_map(),
         kernel_version: kver,
@@ -654,10 +647,10 @@ fn build_variant(
             stage.to_string()
         }
     };
-    let oem_part = v.layout.by_content(Content::Oem).expect("layout checked");
-    let root_part = v.layout.by_content(Content::Root).expect("layout checked");
-    let usr_part = v.layout.slot(SlotName::A).expect("layout checked");
-    let esp_part = v.layout.by_content(Content::Esp).expect("layout checked");
+    let oem_part = v.layout.oem();
+    let root_part = v.layout.root();
+    let usr_part = v.layout.usr(Slot::A);
+    let esp_part = v.layout.esp();
 
     let oem_key = Key::new("oem")
         .add("identity", &v.identity)
@@ -696,11 +689,11 @@ fn build_variant(
         .context("the initial slot state cannot be written")?;
     let cfg = grub::config(
         &kiln_update::state::grub_script(
-            &[SlotName::A, SlotName::B]
+            &Slot::ALL
                 .iter()
                 .map(|&s| {
                     Ok(kiln_update::state::GrubEntry {
-                        slot: slot_of(s),
+                        slot: s,
                         title: r.os.name.clone(),
                         cmdline: kernel_cmdline(v, s)?,
                     })
@@ -765,8 +758,8 @@ fn build_variant(
     if r.has_firmware(Firmware::Bios) {
         let bb = v
             .layout
-            .by_content(Content::BiosBoot)
-            .expect("checked for bios");
+            .bios_boot()
+            .context("BIOS firmware needs a bios-boot partition (checked at load)")?;
         let pp = plan.partition(bb.number).expect("planned");
         let lba = pp.offset_bytes / 512;
         let core = grub::patch_core(
@@ -813,26 +806,16 @@ fn build_variant(
     Ok((reports, files))
 }
 
-fn slot_of(s: SlotName) -> Slot {
-    match s {
-        SlotName::A => Slot::A,
-        SlotName::B => Slot::B,
-    }
-}
-
 /// The state a new image starts in: the slots as the layout declares them (by default A
 /// priority 1 and successful, B empty), with this build's version in A.
 fn initial_state(r: &Resolved, v: &Variant) -> Result<kiln_update::state::SlotState> {
-    let fields = |s: SlotName| -> Result<kiln_update::state::SlotFields> {
-        let p = v
-            .layout
-            .slot(s)
-            .with_context(|| format!("the layout has no USR-{s:?} slot"))?;
+    let fields = |s: Slot| -> Result<kiln_update::state::SlotFields> {
+        let p = v.layout.usr(s);
         Ok(kiln_update::state::SlotFields {
             priority: p.priority,
             tries: p.tries,
             successful: p.successful,
-            version: if s == SlotName::A {
+            version: if s == Slot::A {
                 r.os.version.clone()
             } else {
                 String::new()
@@ -841,18 +824,14 @@ fn initial_state(r: &Resolved, v: &Variant) -> Result<kiln_update::state::SlotSt
     };
     Ok(kiln_update::state::SlotState {
         board: r.board.name.clone(),
-        a: fields(SlotName::A)?,
-        b: fields(SlotName::B)?,
+        a: fields(Slot::A)?,
+        b: fields(Slot::B)?,
     })
 }
 
-fn kernel_cmdline(v: &Variant, slot: SlotName) -> Result<String> {
-    let usr = v
-        .layout
-        .slot(slot)
-        .and_then(|p| p.uuid)
-        .with_context(|| format!("the layout's USR-{slot:?} has no fixed partition GUID"))?;
-    let root = v.layout.by_content(Content::Root).expect("checked");
+fn kernel_cmdline(v: &Variant, slot: Slot) -> Result<String> {
+    let usr = v.layout.usr_guid(slot);
+    let root = v.layout.root();
     let mut args = vec![
         format!("mount.usr=PARTUUID={usr}"),
         "mount.usrflags=ro".to_string(),

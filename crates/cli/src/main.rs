@@ -345,6 +345,7 @@ pub(crate) fn load_opts(
             platforms,
             release,
             channel,
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         },
     )
 }

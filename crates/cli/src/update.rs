@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use kiln_update::apply::{self, Disk};
 use kiln_update::payload::{self, Meta, SectionName};
-use kiln_update::state::{self, Slot};
+use kiln_update::state::Slot;
 use kiln_update::{keys, SigningKey, VerifyingKey};
 
 #[derive(Args, Clone, Default)]
@@ -184,8 +184,8 @@ pub enum UpdateCmd {
     },
 }
 
-fn parse_slot(s: &str) -> Result<Slot> {
-    state::parse_slot(s)
+fn parse_slot(s: &str) -> Result<Slot, String> {
+    s.parse()
 }
 
 pub fn key(cmd: KeyCmd) -> Result<i32> {

@@ -12,6 +12,7 @@ pub mod digests;
 mod disk;
 mod gce;
 mod launch;
+pub mod options;
 mod ova;
 mod sidecar;
 mod util;
@@ -22,6 +23,9 @@ pub use digests::{digests, hash_file};
 pub use disk::{check_size, convert, move_raw, DiskFormat, Stamp, VHD_MAX_BYTES};
 pub use gce::{check_gce_size, gce_tarball};
 pub use launch::{qemu_launch_script, LaunchScriptInfo};
+pub use options::{
+    Qcow2Compat, VhdSubformat, VmdkAdapter, VmdkSubformat, VmwareController, VmwareNic,
+};
 pub use ova::{ova, ovf_xml, OvfInfo, VMX_HW_VERSION};
 pub use sidecar::{
     ec2_register_json, openstack_properties_json, write_json, S3_BUCKET_PLACEHOLDER,

@@ -2,8 +2,17 @@
 //! machine, default layout, kernel source, OEM tree). Recipes name a board and may override
 //! some of its values.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use crate::names::check_name;
+use crate::source::SourceFile;
+
+/// Where to look for board profiles when the caller does not say.
+pub const BOARD_DIR_NAME: &str = "board-profiles";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -113,4 +122,120 @@ pub struct OemRef {
     pub id: String,
     /// OEM tree, relative to the board-profiles directory.
     pub tree: Spanned<String>,
+}
+
+/// A board as the build uses it.
+#[derive(Debug, Clone)]
+pub struct Board {
+    pub name: String,
+    pub arch: String,
+    pub debian_arch: String,
+    pub firmware: Vec<Firmware>,
+    pub grub: GrubDef,
+    pub qemu: QemuDef,
+}
+
+/// A board profile read and checked, with its file kept for positions in errors.
+pub struct Loaded {
+    pub file: BoardFile,
+    pub src: SourceFile,
+    pub board: Board,
+}
+
+/// The `.toml` names in a directory (boards in board-profiles/, platforms in platforms/),
+/// for error messages and `--platform all`.
+pub fn known_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The nearest `board-profiles/` above `start` (a recipe file or a working directory).
+pub fn find_dir(start: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(start).ok()?;
+    abs.ancestors()
+        .map(|d| d.join(BOARD_DIR_NAME))
+        .find(|d| d.is_dir())
+}
+
+/// Reads the board `name` names (in `recipe`, for the error if it is unknown).
+pub fn load(board_dir: &Path, name: &Spanned<String>, recipe: &SourceFile) -> Result<Loaded> {
+    let board_name = name.get_ref();
+    let path = board_dir.join(format!("{board_name}.toml"));
+    if check_name(board_name).is_err() || !path.is_file() {
+        let known = known_names(board_dir);
+        return Err(recipe.error_at(
+            &name.span(),
+            format!(
+                "unknown board `{board_name}`; known boards in {}: {}",
+                board_dir.display(),
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
+    let src = SourceFile::read(&path)?;
+    let b: BoardFile = src.parse()?;
+    if b.name.get_ref() != board_name {
+        return Err(src.error_at(
+            &b.name.span(),
+            format!(
+                "board name `{}` does not match its file name `{board_name}.toml`",
+                b.name.get_ref()
+            ),
+        ));
+    }
+    let mut firmware = Vec::new();
+    for f in &b.firmware {
+        if firmware.contains(f.get_ref()) {
+            return Err(src.error_at(&f.span(), "firmware listed twice"));
+        }
+        firmware.push(*f.get_ref());
+    }
+    if firmware.is_empty() {
+        bail!(
+            "{}: `firmware` must name at least one of bios, uefi",
+            path.display()
+        );
+    }
+    if firmware.contains(&Firmware::Bios) && b.grub.bios_target.is_none() {
+        bail!(
+            "{}: firmware includes bios but grub.bios-target is not set",
+            path.display()
+        );
+    }
+    if firmware.contains(&Firmware::Uefi)
+        && (b.grub.efi_target.is_none() || b.grub.efi_binary.is_none())
+    {
+        bail!(
+            "{}: firmware includes uefi but grub.efi-target or grub.efi-binary is not set",
+            path.display()
+        );
+    }
+    check_name(&b.debian_arch)
+        .map_err(|m| anyhow::anyhow!("{}: debian-arch: {m}", path.display()))?;
+    let board = Board {
+        name: board_name.clone(),
+        arch: b.arch.clone(),
+        debian_arch: b.debian_arch.clone(),
+        firmware,
+        grub: b.grub.clone(),
+        qemu: b.qemu.clone(),
+    };
+    Ok(Loaded {
+        file: b,
+        src,
+        board,
+    })
 }

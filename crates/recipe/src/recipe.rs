@@ -1,10 +1,16 @@
 //! The recipe file: what image to build. Everything a board already says is optional here;
 //! a recipe overrides board values only where that makes sense.
 
+use std::path::Path;
+
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::layout::Filesystem;
+use crate::layout::{Filesystem, Layout};
+use crate::names::check_name;
+use crate::source::SourceFile;
+use crate::Slot;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -38,7 +44,7 @@ pub struct RecipeFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct OsDef {
     /// NAME in os-release.
-    pub name: String,
+    pub name: Spanned<String>,
     /// ID in os-release (lower case, no spaces).
     pub id: Spanned<String>,
     /// A fixed version, printed on the console when the image is ready; or none, and the
@@ -135,4 +141,65 @@ pub struct OemOverride {
     pub id: Option<String>,
     /// OEM tree relative to the recipe file; replaces the board's.
     pub tree: Option<Spanned<String>>,
+}
+
+/// The recipe's name: `name`, else the file name without `.toml`.
+pub(crate) fn name(r: &RecipeFile, path: &Path, src: &SourceFile) -> Result<String> {
+    match &r.name {
+        Some(n) => {
+            check_name(n.get_ref()).map_err(|m| src.error_at(&n.span(), m))?;
+            Ok(n.get_ref().clone())
+        }
+        None => {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("image")
+                .to_string();
+            check_name(&stem).map_err(|m| {
+                anyhow::anyhow!("{}: recipe file name: {m}; or set `name`", path.display())
+            })?;
+            Ok(stem)
+        }
+    }
+}
+
+/// USR's filesystem (the recipe's, else the layout's, else erofs) and its compression.
+pub(crate) fn usr_filesystem(
+    r: &RecipeFile,
+    layout: &Layout,
+    path: &Path,
+    src: &SourceFile,
+) -> Result<(Filesystem, String)> {
+    let fs = r
+        .rootfs
+        .usr_filesystem
+        .or(layout.usr(Slot::A).filesystem)
+        .unwrap_or(Filesystem::Erofs);
+    if fs == Filesystem::Vfat {
+        bail!("{}: USR cannot be vfat; use erofs or ext4", path.display());
+    }
+    let compression = match &r.rootfs.usr_compression {
+        Some(c) => {
+            if !["lz4", "lz4hc", "none"].contains(&c.get_ref().as_str()) {
+                return Err(src.error_at(
+                    &c.span(),
+                    format!(
+                        "unknown usr-compression `{}`; use lz4, lz4hc or none",
+                        c.get_ref()
+                    ),
+                ));
+            }
+            if fs != Filesystem::Erofs && c.get_ref() != "none" {
+                return Err(src.error_at(
+                    &c.span(),
+                    "usr-compression needs usr-filesystem = \"erofs\"",
+                ));
+            }
+            c.get_ref().clone()
+        }
+        None if fs == Filesystem::Erofs => "lz4".into(),
+        None => "none".into(),
+    };
+    Ok((fs, compression))
 }

@@ -146,6 +146,47 @@ impl PartialOrd for Version {
     }
 }
 
+/// The image's version: the recipe's fixed `os.version` or its `[version]` scheme at the
+/// build's date (`epoch`); a release has no `+` suffix.
+pub(crate) fn resolve(
+    r: &crate::recipe::RecipeFile,
+    src: &crate::source::SourceFile,
+    epoch: i64,
+    release: bool,
+) -> Result<String> {
+    match (&r.os.version, &r.version) {
+        (Some(v), None) => {
+            if v.get_ref().is_empty() || v.get_ref().chars().any(|c| c.is_whitespace()) {
+                return Err(src.error_at(
+                    &v.span(),
+                    "os.version must be non-empty and contain no whitespace",
+                ));
+            }
+            if release {
+                let parsed = Version::parse(v.get_ref()).map_err(|e| src.error_at(&v.span(), e))?;
+                if parsed.is_dev() {
+                    return Err(src.error_at(&v.span(), "a release version has no + suffix"));
+                }
+            }
+            Ok(v.get_ref().clone())
+        }
+        (None, Some(scheme)) => Ok(scheme
+            .get_ref()
+            .version_at(epoch, !release)
+            .map_err(|e| src.error_at(&scheme.span(), format!("{e:#}")))?
+            .to_string()),
+        (Some(v), Some(_)) => Err(src.error_at(
+            &v.span(),
+            "os.version and a [version] scheme both set the version: keep one",
+        )),
+        (None, None) => bail!(
+            "{}: the recipe has no version: set os.version = \"1.0.0\", or a [version] table \
+             with epoch = \"YYYY-MM-DD\" (BUILD counts days since it)",
+            src.path.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

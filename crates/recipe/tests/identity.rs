@@ -31,8 +31,8 @@ fn identities(recipe: &Path) -> Vec<String> {
     )
     .unwrap();
     assert_eq!(r.platforms.len(), 7);
-    let mut v = vec![r.identity()];
-    v.extend(r.platforms.iter().map(|p| r.platform_identity(p)));
+    let mut v = vec![r.identity().to_string()];
+    v.extend(r.platforms.iter().map(|p| p.identity.clone()));
     v
 }
 
@@ -49,4 +49,34 @@ fn identities_do_not_depend_on_the_checkout_path() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ia.len());
+}
+
+/// The identities of recipes/minimal.toml, as `tests/data/golden/minimal.identity` records
+/// them beside the hashes of its artifacts (both written by scripts/golden-hashes.sh): a fast
+/// check that the identity, which seeds every derived id, is unchanged.
+#[test]
+fn minimal_identities_are_the_recorded_ones() {
+    let r = kiln_recipe::load(
+        &repo().join("recipes/minimal.toml"),
+        &kiln_recipe::LoadOptions {
+            platforms: Some(kiln_recipe::PlatformSelection::All),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut text = format!("board {}\n", r.identity());
+    for p in &r.platforms {
+        text.push_str(&format!("{} {}\n", p.name, p.identity));
+    }
+    let list = repo().join("tests/data/golden/minimal.identity");
+    if std::env::var_os("KILN_GOLDEN_UPDATE").is_some() {
+        std::fs::write(&list, &text).unwrap();
+        return;
+    }
+    let recorded = std::fs::read_to_string(&list).unwrap();
+    assert_eq!(
+        text, recorded,
+        "the identities of recipes/minimal.toml changed: every derived id of its images \
+         changes with them; if that is meant, refresh with scripts/golden-hashes.sh"
+    );
 }

@@ -156,7 +156,7 @@ pub fn apply<R: Read + Seek>(
     tries: u8,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Applied> {
-    let target = state::other(active);
+    let target = active.other();
     let mut st = disk.state()?;
 
     // 1. Everything is checked before the first write.

@@ -27,37 +27,12 @@ const ENV_HEADER: &str = "# GRUB Environment Block\n";
 /// Largest value of the 4-bit priority and tries fields (kept from the GPT convention).
 pub const MAX_FIELD: u8 = 15;
 
-pub const SLOTS: [Slot; 2] = [Slot::A, Slot::B];
-
-/// The lower-case name GRUB variables and ESP file names use.
-pub fn slot_key(s: Slot) -> &'static str {
-    match s {
-        Slot::A => "a",
-        Slot::B => "b",
-    }
-}
-
-pub fn parse_slot(s: &str) -> Result<Slot> {
-    match s {
-        "a" | "A" => Ok(Slot::A),
-        "b" | "B" => Ok(Slot::B),
-        _ => bail!("unknown slot {s:?}: use a or b"),
-    }
-}
-
-pub fn other(s: Slot) -> Slot {
-    match s {
-        Slot::A => Slot::B,
-        Slot::B => Slot::A,
-    }
-}
-
 /// ESP paths of a slot's kernel and initramfs.
 pub fn kernel_path(s: Slot) -> String {
-    format!("kiln/vmlinuz-{}", slot_key(s))
+    format!("kiln/vmlinuz-{}", s.key())
 }
 pub fn initrd_path(s: Slot) -> String {
-    format!("kiln/initrd-{}", slot_key(s))
+    format!("kiln/initrd-{}", s.key())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -83,15 +58,9 @@ pub struct SlotState {
     pub b: SlotFields,
 }
 
-/// Slots appear as "A" and "B" in JSON, as in the ready line.
-pub fn serialize_slot<S: serde::Serializer>(s: &Slot, ser: S) -> Result<S::Ok, S::Error> {
-    ser.collect_str(s)
-}
-
 /// What the next boot does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Choice {
-    #[serde(serialize_with = "serialize_slot")]
     pub slot: Slot,
     /// Chosen on tries alone: the boot loader uses one up.
     pub consumes_try: bool,
@@ -127,7 +96,7 @@ impl SlotState {
     /// partition order, as `gptprio.next` did). `None` when neither is bootable.
     pub fn next_boot(&self) -> Option<Choice> {
         let mut best: Option<Slot> = None;
-        for s in SLOTS {
+        for s in Slot::ALL {
             let f = self.get(s);
             if !f.bootable() {
                 continue;
@@ -146,7 +115,7 @@ impl SlotState {
     /// booted successfully (the fallback), else the one the next boot takes.
     pub fn keeper(&self) -> Option<Slot> {
         let mut best: Option<Slot> = None;
-        for s in SLOTS {
+        for s in Slot::ALL {
             let f = self.get(s);
             if f.priority > 0
                 && f.successful
@@ -181,7 +150,7 @@ impl SlotState {
         check_version(version)?;
         // Priorities 1 and 2 are enough for two slots; normalising keeps them from creeping
         // up to the 4-bit limit after many updates.
-        let o = other(s);
+        let o = s.other();
         if self.get(o).priority > 0 {
             self.get_mut(o).priority = 1;
         }
@@ -209,7 +178,7 @@ impl SlotState {
 
     fn check(&self) -> Result<()> {
         check_value("board", &self.board)?;
-        for s in SLOTS {
+        for s in Slot::ALL {
             let f = self.get(s);
             if f.priority > MAX_FIELD || f.tries > MAX_FIELD {
                 bail!("slot {s}: priority and tries must be 0..={MAX_FIELD}");
@@ -221,8 +190,8 @@ impl SlotState {
 
     fn vars(&self) -> Vec<(String, String)> {
         let mut v = vec![("kiln_board".to_string(), self.board.clone())];
-        for s in SLOTS {
-            let (k, f) = (slot_key(s), self.get(s));
+        for s in Slot::ALL {
+            let (k, f) = (s.key(), self.get(s));
             v.push((format!("kiln_{k}_priority"), f.priority.to_string()));
             v.push((format!("kiln_{k}_tries"), f.tries.to_string()));
             v.push((
@@ -288,7 +257,7 @@ impl SlotState {
             }
         };
         let slot = |s: Slot| -> Result<SlotFields> {
-            let k = slot_key(s);
+            let k = s.key();
             let succ = get(&format!("kiln_{k}_successful"))?;
             Ok(SlotFields {
                 priority: num(&format!("kiln_{k}_priority"))?,
@@ -314,7 +283,7 @@ impl SlotState {
 impl fmt::Display for SlotState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "board: {}", self.board)?;
-        for s in SLOTS {
+        for s in Slot::ALL {
             let x = self.get(s);
             writeln!(
                 f,
@@ -370,8 +339,8 @@ pub struct GrubEntry {
 pub fn grub_script(entries: &[GrubEntry]) -> String {
     let mut s = String::new();
     s.push_str("# A/B slot selection: the state is the GRUB environment block /kiln/slots.env.\n");
-    for slot in SLOTS {
-        let k = slot_key(slot);
+    for slot in Slot::ALL {
+        let k = slot.key();
         s.push_str(&format!(
             "set kiln_{k}_priority=0\nset kiln_{k}_tries=0\nset kiln_{k}_successful=0\nset kiln_{k}_version=\n"
         ));
@@ -379,8 +348,8 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
     s.push_str(&format!(
         "if load_env -f /{ENV_PATH}; then set kiln_env=ok; else echo 'kiln: cannot read /{ENV_PATH}'; fi\nset kiln_slot=\nset kiln_best=0\n"
     ));
-    for slot in SLOTS {
-        let k = slot_key(slot);
+    for slot in Slot::ALL {
+        let k = slot.key();
         s.push_str(&format!(
             "if [ \"$kiln_{k}_priority\" != 0 ]; then\n\
              \x20   if [ \"$kiln_{k}_successful\" = 1 -o \"$kiln_{k}_tries\" != 0 ]; then\n\
@@ -395,8 +364,8 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
     s.push_str(
         "if [ -z \"$kiln_slot\" ]; then\n    echo 'kiln: no bootable USR slot in the state; trying USR-A'\n    set kiln_slot=a\n",
     );
-    for slot in SLOTS {
-        let k = slot_key(slot);
+    for slot in Slot::ALL {
+        let k = slot.key();
         s.push_str(&format!(
             "elif [ \"$kiln_slot\" = {k} -a \"$kiln_{k}_successful\" != 1 ]; then\n"
         ));
@@ -416,7 +385,7 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
              \x20       set kiln_slot={}\n\
              \x20   fi\n",
             slot,
-            slot_key(other(slot))
+            slot.other().key()
         ));
     }
     // If the chosen entry cannot be loaded (a missing kernel), GRUB boots the other one.
@@ -425,7 +394,7 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
          if [ \"$kiln_slot\" = a ]; then set fallback=usr-b; else set fallback=usr-a; fi\n",
     );
     for e in entries {
-        let k = slot_key(e.slot);
+        let k = e.slot.key();
         s.push_str(&format!(
             "\nmenuentry \"{} $kiln_{k}_version (USR-{})\" --id usr-{k} {{\n\
              \x20   echo 'kiln: loading /{}'\n\
