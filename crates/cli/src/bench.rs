@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use kiln_build::{BuildOptions, BuildOutput, CacheDirs};
+use kiln_pipeline::{BuildOptions, BuildOutput, CacheDirs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -98,13 +98,13 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         })
     };
     eprintln!("kiln bench: {} in {}", recipe.display(), tmp.display());
-    let cold = kiln_build::build(&resolved, &opts("cold")?).context("cold build")?;
+    let cold = kiln_pipeline::build(&resolved, &opts("cold")?).context("cold build")?;
     std::fs::remove_file(&cold.image)?;
     // Warm: keep the downloaded packages, drop every stage.
     std::fs::remove_dir_all(cache_root.join("stages"))?;
-    let warm = kiln_build::build(&resolved, &opts("warm")?).context("warm build")?;
+    let warm = kiln_pipeline::build(&resolved, &opts("warm")?).context("warm build")?;
     std::fs::remove_file(&warm.image)?;
-    let cached = kiln_build::build(&resolved, &opts("cached")?).context("cached build")?;
+    let cached = kiln_pipeline::build(&resolved, &opts("cached")?).context("cached build")?;
 
     // A tool's peak RSS as Linux counts it includes the memory it shared with kiln at fork,
     // so each figure is at most kiln's own RSS (printed below) above the tool's real peak.
@@ -248,8 +248,8 @@ fn bench_kernel(
         recipe.display(),
         dir.display()
     );
-    let full = kiln_build::build(&r, &opts).context("build with the kernel stage")?;
-    let again = kiln_build::build(&r, &opts).context("unchanged rebuild")?;
+    let full = kiln_pipeline::build(&r, &opts).context("build with the kernel stage")?;
+    let again = kiln_pipeline::build(&r, &opts).context("unchanged rebuild")?;
     let kernel_s = |o: &BuildOutput| {
         o.stages
             .iter()
@@ -303,7 +303,7 @@ fn bench_platforms(
             }
         }
         let out = work.path().join(name);
-        let o = kiln_build::build(
+        let o = kiln_pipeline::build(
             r,
             &BuildOptions {
                 cache: CacheDirs::new(root.clone())?,
@@ -385,7 +385,7 @@ fn bench_update(
     );
     let key = keys::generate_signing_key(&tmp.join("bench-key.pem"))?;
     let public = key.verifying_key();
-    let out = kiln_build::build(
+    let out = kiln_pipeline::build(
         &resolved,
         &BuildOptions {
             cache: CacheDirs::new(tmp.join("cache"))?,
@@ -393,7 +393,7 @@ fn bench_update(
             agent: agent.to_path_buf(),
             rebuild: false,
             keep_raw: false,
-            signing: Some(kiln_build::Signing {
+            signing: Some(kiln_pipeline::Signing {
                 key,
                 insecure: true,
             }),

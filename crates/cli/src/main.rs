@@ -178,8 +178,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
             let resolved = load_opts(&recipe, &recipe_args, platform, is_release, channel)?;
             let agent = find_agent(agent)?;
-            let cache = kiln_build::CacheDirs::new(
-                cache_dir.unwrap_or_else(kiln_build::CacheDirs::default_root),
+            let cache = kiln_pipeline::CacheDirs::new(
+                cache_dir.unwrap_or_else(kiln_pipeline::CacheDirs::default_root),
             )?;
             let signing = signing.resolve(&cache.root)?;
             let release_key = signing.as_ref().map(|s| s.key.clone());
@@ -195,7 +195,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             } else {
                 (None, output.clone())
             };
-            let opts = kiln_build::BuildOptions {
+            let opts = kiln_pipeline::BuildOptions {
                 cache,
                 output_dir: output_dir.clone(),
                 agent,
@@ -203,7 +203,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 keep_raw,
                 signing,
             };
-            let built = kiln_build::build(&resolved, &opts);
+            let built = kiln_pipeline::build(&resolved, &opts);
             if built.is_err() && is_release {
                 let _ = std::fs::remove_dir_all(&output_dir);
             }

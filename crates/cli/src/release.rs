@@ -37,7 +37,7 @@ pub fn prepare(out: &Path, r: &kiln_recipe::Resolved) -> Result<(PathBuf, PathBu
 /// Turns a finished build in `staging` into the signed release `dir`.
 pub fn finish(
     r: &kiln_recipe::Resolved,
-    out: &kiln_build::BuildOutput,
+    out: &kiln_pipeline::BuildOutput,
     key: &kiln_update::SigningKey,
     staging: &Path,
     dir: &Path,
@@ -118,7 +118,7 @@ pub struct VerifyArgs {
 }
 
 pub fn verify_cmd(a: VerifyArgs) -> Result<i32> {
-    let key = a.key.public(&kiln_build::CacheDirs::default_root())?;
+    let key = a.key.public(&kiln_pipeline::CacheDirs::default_root())?;
     let start = std::time::Instant::now();
     let r = verify::verify(&a.dir, &key)?;
     for p in &r.problems {
@@ -214,7 +214,7 @@ impl Place {
 }
 
 pub fn release_cmd(c: ReleaseCmd) -> Result<i32> {
-    let cache = kiln_build::CacheDirs::default_root();
+    let cache = kiln_pipeline::CacheDirs::default_root();
     match c {
         ReleaseCmd::Promote {
             version,

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use kiln_build::{BuildOptions, BuildOutput};
+use kiln_pipeline::{BuildOptions, BuildOutput};
 
 fn files(o: &BuildOutput) -> Vec<PathBuf> {
     let mut v = vec![o.image.clone()];
@@ -68,7 +68,7 @@ pub fn check(r: &kiln_recipe::Resolved, opts: &BuildOptions, first: &BuildOutput
         rebuild: true,
         ..opts.clone()
     };
-    let second = kiln_build::build(r, &second_opts).context("the second build")?;
+    let second = kiln_pipeline::build(r, &second_opts).context("the second build")?;
     let (a, b) = (files(first), files(&second));
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let mut problems = Vec::new();

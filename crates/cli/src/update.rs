@@ -29,7 +29,7 @@ pub struct SigningArgs {
 }
 
 impl SigningArgs {
-    pub fn resolve(&self, cache: &Path) -> Result<Option<kiln_build::Signing>> {
+    pub fn resolve(&self, cache: &Path) -> Result<Option<kiln_pipeline::Signing>> {
         if let Ok(text) = std::env::var("KILN_SIGNING_KEY_PEM") {
             if self.signing_key.is_some() || self.dev_key {
                 anyhow::bail!(
@@ -41,7 +41,7 @@ impl SigningArgs {
                 "signing with the key in KILN_SIGNING_KEY_PEM (key id {})",
                 keys::key_id(&key.verifying_key())
             );
-            return Ok(Some(kiln_build::Signing {
+            return Ok(Some(kiln_pipeline::Signing {
                 key,
                 insecure: false,
             }));
@@ -53,7 +53,7 @@ impl SigningArgs {
                 p.display(),
                 keys::key_id(&key.verifying_key())
             );
-            return Ok(Some(kiln_build::Signing {
+            return Ok(Some(kiln_pipeline::Signing {
                 key,
                 insecure: false,
             }));
@@ -84,7 +84,7 @@ impl SigningArgs {
             path.display(),
             keys::key_id(&key.verifying_key())
         );
-        Ok(Some(kiln_build::Signing {
+        Ok(Some(kiln_pipeline::Signing {
             key,
             insecure: true,
         }))

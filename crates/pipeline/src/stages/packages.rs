@@ -1,12 +1,69 @@
-//! Package trees from Debian with mmdebstrap. Downloaded .deb files are hard-linked into the
+//! The packages stage: the recipe's package tree from Debian with mmdebstrap (also used to
+//! extract the kernel and busybox packages). Downloaded .deb files are hard-linked into the
 //! chroot before apt runs and collected back afterwards, so a second build downloads nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use kiln_fs::{cmd, tools};
 use kiln_recipe::Packages;
+
+use super::Stage;
+use crate::inputs::Inputs;
+
+/// The recipe's packages installed into a tree with mmdebstrap.
+pub struct PackageTree<'a> {
+    pub packages: &'a Packages,
+    pub arch: &'a str,
+    pub epoch: i64,
+    /// mmdebstrap's version.
+    pub mmdebstrap: &'a str,
+    /// Where downloaded .deb files are kept. Not an input: they are what the mirror serves.
+    pub debs: &'a Path,
+}
+
+/// The installed tree (`<stage>/root`).
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub root: PathBuf,
+}
+
+impl Stage for PackageTree<'_> {
+    const NAME: &'static str = "packages";
+    type Output = Installed;
+
+    fn inputs(&self) -> Inputs {
+        Inputs::new()
+            .add(
+                "packages",
+                serde_json::to_string(self.packages).expect("plain data serializes"),
+            )
+            .add("arch", self.arch)
+            .add("epoch", self.epoch.to_string())
+            .add("mmdebstrap", self.mmdebstrap)
+    }
+
+    fn build(&self, out: &Path) -> Result<()> {
+        let root = out.join("root");
+        Bootstrap {
+            packages: self.packages,
+            variant: &self.packages.variant,
+            include: &self.packages.include,
+            arch: self.arch,
+            epoch: self.epoch,
+            deb_cache: self.debs,
+        }
+        .run(&root, &out.join("mmdebstrap.log"))?;
+        kiln_fs::stage::normalize_times(&root, self.epoch)
+    }
+
+    fn output(&self, dir: &Path) -> Result<Installed> {
+        Ok(Installed {
+            root: dir.join("root"),
+        })
+    }
+}
 
 pub struct Bootstrap<'a> {
     pub packages: &'a Packages,
@@ -100,7 +157,8 @@ fn collect_debs(target: &Path, cache: &Path) -> Result<()> {
 }
 
 /// An installed package, as dpkg's status file has it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InstalledPackage {
     pub name: String,
     pub version: String,

@@ -1,5 +1,6 @@
 //! The cache: downloaded .deb files (kept between builds so a second build downloads nothing)
-//! and stage outputs named by their key. A lock file serialises builds sharing a cache.
+//! and stage outputs named by their key, each with the record of its labelled inputs. A lock
+//! file serialises builds sharing a cache.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,7 +11,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::inputs::{Inputs, Record};
 use crate::report::StageReport;
+
+/// The record of a stage's inputs, inside its output directory.
+pub const INPUTS_FILE: &str = "kiln-inputs.json";
+/// `<stages>/.last/<stage>` holds the key of the stage's latest output, for `--explain`.
+const LAST_DIR: &str = ".last";
 
 #[derive(Debug, Clone)]
 pub struct CacheDirs {
@@ -117,34 +124,49 @@ impl CacheDirs {
         Ok(())
     }
 
-    /// Returns the cached output of `stage` for `key`, or runs `produce` into a fresh
-    /// directory and publishes it atomically (rename) so a half-made stage is never used.
+    /// Returns the cached output of stage `name` (shown and stored as `tag`, e.g.
+    /// `oem:qemu`) for `inputs`, or runs `produce` into a fresh directory and publishes it
+    /// atomically (rename) so a half-made stage is never used. The report says why it was
+    /// built: the first time, `--rebuild`, or which inputs changed since its latest output.
     pub fn stage(
         &self,
-        stage: &str,
-        key: &str,
+        name: &str,
+        tag: &str,
+        inputs: &Inputs,
         rebuild: bool,
         produce: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<(PathBuf, StageReport)> {
-        let dir = self.stage_dir(stage, key);
+    ) -> Result<(PathBuf, String, StageReport)> {
+        let key = inputs.key(name);
+        let record = inputs.record();
+        let dir = self.stage_dir(tag, &key);
         let start = Instant::now();
+        let id = format!("{tag}-{key}");
         let key_lock = self
             .keys
             .lock()
             .expect("key table")
-            .entry(format!("{stage}-{key}"))
+            .entry(id.clone())
             .or_default()
             .clone();
         let _guard = key_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let id = format!("{stage}-{key}");
         let built_here = self.built.lock().expect("built set").contains(&id);
         if dir.is_dir() && (!rebuild || built_here) {
-            tracing::info!("{stage}: cached");
-            return Ok((dir, report(stage, true, start, 0)));
+            tracing::info!("{tag}: cached");
+            self.set_last(tag, &key);
+            return Ok((
+                dir,
+                key.clone(),
+                report(tag, &key, true, "cached".into(), start, 0),
+            ));
         }
-        tracing::info!("{stage}: building");
+        let why = if rebuild {
+            "rebuilt: --rebuild".to_string()
+        } else {
+            self.why(tag, &record)
+        };
+        tracing::info!("{tag}: building");
         let tmp = self.root.join("stages").join(format!(
-            ".tmp-{stage}-{}-{}",
+            ".tmp-{tag}-{}-{}",
             &key[..16],
             std::process::id()
         ));
@@ -155,16 +177,17 @@ impl CacheDirs {
         kiln_fs::cmd::take_peak_rss_kib();
         if let Err(e) = produce(&tmp) {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e.context(format!("stage {stage} failed")));
+            return Err(e.context(format!("stage {tag} failed")));
         }
         let peak = kiln_fs::cmd::take_peak_rss_kib();
+        std::fs::write(tmp.join(INPUTS_FILE), serde_json::to_vec_pretty(&record)?)?;
         // On disk before it is published: a cached stage is trusted as it is.
         syncfs(&tmp)?;
         if dir.exists() {
             // Move the old output aside first, so a killed rebuild never leaves a
             // half-deleted directory under the stage's real name.
             let old = self.root.join("stages").join(format!(
-                ".tmp-old-{stage}-{}-{}",
+                ".tmp-old-{tag}-{}-{}",
                 &key[..16],
                 std::process::id()
             ));
@@ -175,16 +198,68 @@ impl CacheDirs {
             std::fs::rename(&tmp, &dir)?;
         }
         self.built.lock().expect("built set").insert(id);
-        let r = report(stage, false, start, peak);
-        tracing::info!("{stage}: done in {:.1} s", r.seconds);
-        Ok((dir, r))
+        self.set_last(tag, &key);
+        let r = report(tag, &key, false, why, start, peak);
+        tracing::info!("{tag}: done in {:.1} s", r.seconds);
+        Ok((dir, key, r))
+    }
+
+    /// Why a stage that is not cached must be built, from the record of its latest output.
+    fn why(&self, tag: &str, now: &Record) -> String {
+        let last = match std::fs::read_to_string(self.last_file(tag)) {
+            Ok(k) if k.trim().len() == 64 => k.trim().to_string(),
+            _ => return "built: no earlier output of this stage".into(),
+        };
+        let earlier = self.stage_dir(tag, &last).join(INPUTS_FILE);
+        match std::fs::read(&earlier)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        {
+            Some(before) => {
+                let changes = now.changes_from(&before);
+                if changes.is_empty() {
+                    // Same inputs, another key: what kiln itself makes of them changed.
+                    "rebuilt: kiln's pipeline version changed".into()
+                } else {
+                    format!("rebuilt: {}", changes.join("; "))
+                }
+            }
+            None => "rebuilt: inputs changed (the earlier output is gone)".into(),
+        }
+    }
+
+    fn last_file(&self, tag: &str) -> PathBuf {
+        self.root.join("stages").join(LAST_DIR).join(tag)
+    }
+
+    /// Remembers the stage's latest key; losing it only makes `--explain` vaguer.
+    fn set_last(&self, tag: &str, key: &str) {
+        let f = self.last_file(tag);
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        let ok = f
+            .parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, key).is_ok()
+            && std::fs::rename(&tmp, &f).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 }
 
-fn report(stage: &str, cached: bool, start: Instant, peak: u64) -> StageReport {
+fn report(
+    stage: &str,
+    key: &str,
+    cached: bool,
+    why: String,
+    start: Instant,
+    peak: u64,
+) -> StageReport {
     StageReport {
         stage: stage.to_string(),
+        key: Some(key.to_string()),
         cached,
+        explain: why,
         seconds: start.elapsed().as_secs_f64(),
         tool_peak_rss_kib: peak,
     }

@@ -1,0 +1,175 @@
+//! The ESP: GRUB for UEFI, grub.cfg (the A/B choice and a menu entry per slot), the initial
+//! slot state, and slot A's kernel and initramfs, as a FAT image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_boot::grub;
+use kiln_fs::vfat::Vfat;
+use kiln_recipe::{Firmware, Resolved, Slot};
+use kiln_update::state::{self, GrubEntry, SlotFields, SlotState};
+
+use super::grub::GrubImages;
+use super::initramfs::InitramfsImage;
+use super::kernel::KernelFiles;
+use super::{Built, Stage};
+use crate::ids;
+use crate::images::Image;
+use crate::inputs::Inputs;
+
+pub struct Esp<'a> {
+    pub image: &'a Image<'a>,
+    pub kernel: &'a Built<KernelFiles>,
+    pub initramfs: &'a Built<InitramfsImage>,
+    pub grub: &'a Built<GrubImages>,
+    /// The GRUB environment block holding the initial slot state.
+    pub slots_env: Vec<u8>,
+    pub grub_cfg: String,
+    /// `\EFI\BOOT\<name>`, for UEFI boards.
+    pub efi_binary: Option<&'a str>,
+    pub epoch: i64,
+    /// dosfstools and mtools versions.
+    pub tools: &'a str,
+}
+
+impl<'a> Esp<'a> {
+    /// The ESP of `image`: its slot state and grub.cfg made from the recipe.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        r: &'a Resolved,
+        image: &'a Image<'a>,
+        kernel: &'a Built<KernelFiles>,
+        initramfs: &'a Built<InitramfsImage>,
+        grub: &'a Built<GrubImages>,
+        tools: &'a str,
+    ) -> Result<Self> {
+        let slots_env = initial_state(r, image)
+            .to_env()
+            .context("the initial slot state cannot be written")?;
+        let entries: Vec<GrubEntry> = Slot::ALL
+            .iter()
+            .map(|&slot| GrubEntry {
+                slot,
+                title: r.os.name.clone(),
+                cmdline: kernel_cmdline(image, slot),
+            })
+            .collect();
+        Ok(Esp {
+            image,
+            kernel,
+            initramfs,
+            grub,
+            slots_env,
+            grub_cfg: grub::config(&state::grub_script(&entries), r.board.grub.timeout),
+            efi_binary: r
+                .board
+                .grub
+                .efi_binary
+                .as_deref()
+                .filter(|_| r.has_firmware(Firmware::Uefi)),
+            epoch: r.source_date_epoch,
+            tools,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EspImage {
+    pub image: PathBuf,
+}
+
+impl Stage for Esp<'_> {
+    const NAME: &'static str = "esp";
+    type Output = EspImage;
+
+    fn platform(&self) -> Option<&str> {
+        self.image.platform_name()
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs::new()
+            .add("kernel", &self.kernel.key)
+            .add("initramfs", &self.initramfs.key)
+            .add("grub", &self.grub.key)
+            .add("state", &self.slots_env)
+            .add("grub.cfg", &self.grub_cfg)
+            .add("identity", &self.image.identity)
+            .add("size", self.image.layout.esp().size.0.to_string())
+            .add("tools", self.tools)
+    }
+
+    fn build(&self, out: &Path) -> Result<()> {
+        std::fs::write(out.join("grub.cfg"), &self.grub_cfg)?;
+        std::fs::write(out.join("slots.env"), &self.slots_env)?;
+        let mut files = vec![
+            ("/grub/grub.cfg".to_string(), out.join("grub.cfg")),
+            (format!("/{}", state::ENV_PATH), out.join("slots.env")),
+            (
+                format!("/{}", state::kernel_path(Slot::A)),
+                self.kernel.vmlinuz.clone(),
+            ),
+            (
+                format!("/{}", state::initrd_path(Slot::A)),
+                self.initramfs.image.clone(),
+            ),
+        ];
+        if let Some(bin) = self.efi_binary {
+            let efi = self
+                .grub
+                .efi
+                .as_ref()
+                .context("the grub stage made no UEFI image")?;
+            files.push((format!("/EFI/BOOT/{bin}"), efi.clone()));
+        }
+        let part = self.image.layout.esp();
+        Vfat {
+            label: &part.label,
+            serial: ids::derive_serial(&self.image.identity, "esp-serial"),
+            epoch: self.epoch,
+            size: part.size.0,
+            what: &part.label,
+        }
+        .build(&files, &out.join("fs.img"))
+    }
+
+    fn output(&self, dir: &Path) -> Result<EspImage> {
+        Ok(EspImage {
+            image: dir.join("fs.img"),
+        })
+    }
+}
+
+/// The state a new image starts in: the slots as the layout declares them (by default A
+/// priority 1 and successful, B empty), with this build's version in A.
+fn initial_state(r: &Resolved, image: &Image) -> SlotState {
+    let fields = |s: Slot| {
+        let p = image.layout.usr(s);
+        SlotFields {
+            priority: p.priority,
+            tries: p.tries,
+            successful: p.successful,
+            version: if s == Slot::A {
+                r.os.version.clone()
+            } else {
+                String::new()
+            },
+        }
+    };
+    SlotState {
+        board: r.board.name.clone(),
+        a: fields(Slot::A),
+        b: fields(Slot::B),
+    }
+}
+
+/// The kernel command line of a slot's menu entry.
+fn kernel_cmdline(image: &Image, slot: Slot) -> String {
+    let mut args = vec![
+        format!("mount.usr=PARTUUID={}", image.layout.usr_guid(slot)),
+        "mount.usrflags=ro".to_string(),
+        format!("root=LABEL={}", image.layout.root().label),
+    ];
+    args.extend(image.cmdline.iter().cloned());
+    args.push(format!("kiln.oem.id={}", image.oem_id));
+    args.join(" ")
+}
