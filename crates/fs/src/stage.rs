@@ -13,6 +13,16 @@ use walkdir::WalkDir;
 
 const MAX_SYMLINKS: usize = 40;
 
+/// The mode an overlay or OEM entry gets in the image: a checkout keeps only the execute bit
+/// (git), so anything else would make the image depend on the umask of whoever checked out.
+pub fn overlay_mode(is_dir: bool, mode: u32) -> u32 {
+    if is_dir || mode & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
 /// Resolves `rel` (a path inside the image) to a host path under `root`, following symlinks
 /// found in `root` as if `root` were `/`. The last component is not followed when
 /// `follow_last` is false (so a symlink itself can be replaced).
@@ -134,7 +144,7 @@ pub fn apply_overlay(overlay: &Path, root: &Path) -> Result<()> {
             copy_new(e.path(), &host)?;
             std::fs::set_permissions(
                 &host,
-                std::fs::Permissions::from_mode(kiln_recipe::tree::overlay_mode(false, m.mode())),
+                std::fs::Permissions::from_mode(overlay_mode(false, m.mode())),
             )?;
         } else {
             bail!(

@@ -5,6 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+pub use kiln_fs::stage::overlay_mode;
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
 
@@ -54,16 +55,6 @@ fn escapes(path: &Path) -> bool {
         }
     }
     false
-}
-
-/// The mode an overlay or OEM entry gets in the image: a checkout keeps only the execute bit
-/// (git), so anything else would make the image depend on the umask of whoever checked out.
-pub fn overlay_mode(is_dir: bool, mode: u32) -> u32 {
-    if is_dir || mode & 0o111 != 0 {
-        0o755
-    } else {
-        0o644
-    }
 }
 
 /// A content hash of a tree: names, kinds, modes as the image will have them
