@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use kiln_boot::{grub, initramfs, kernel};
 use kiln_disk::{Attributes, PartitionSpec, Slot};
-use kiln_fs::{erofs::Erofs, ext4::Ext4, stage as st, tools, vfat::Vfat};
+use kiln_fs::{erofs::Erofs, ext4::Ext4, stage as st, vfat::Vfat};
+use kiln_host::tools::{self, Tool};
 use kiln_recipe::{Content, Filesystem, Firmware, Partition, Resolved, SlotName};
 use serde::Serialize;
 
@@ -73,28 +74,28 @@ pub struct BuildOutput {
 }
 
 /// Host tools every build needs, checked before any work starts.
-fn required_tools(r: &Resolved) -> Vec<&'static str> {
+fn required_tools(r: &Resolved) -> Vec<Tool> {
     let mut t = vec![
-        "mmdebstrap",
-        "mke2fs",
-        "debugfs",
-        "mkfs.vfat",
-        "mcopy",
-        "mmd",
-        "grub-mkimage",
-        "depmod",
+        tools::MMDEBSTRAP,
+        tools::MKE2FS,
+        tools::DEBUGFS,
+        tools::MKFS_VFAT,
+        tools::MCOPY,
+        tools::MMD,
+        tools::GRUB_MKIMAGE,
+        tools::DEPMOD,
     ];
     if !r.platforms.is_empty() {
-        t.extend(["qemu-img", "tar", "pigz"]);
+        t.extend([tools::QEMU_IMG, tools::TAR, tools::PIGZ]);
     }
     if r.usr_filesystem == Filesystem::Erofs {
-        t.push("mkfs.erofs");
+        t.push(tools::MKFS_EROFS);
     }
     if r.has_firmware(Firmware::Bios) {
-        t.push("/usr/lib/grub/i386-pc/boot.img");
+        t.push(tools::GRUB_BIOS_BOOT_IMG);
     }
     if r.has_firmware(Firmware::Uefi) {
-        t.push("/usr/lib/grub/x86_64-efi/linux.mod");
+        t.push(tools::GRUB_EFI_LINUX_MOD);
     }
     if r.kernel.build.is_some() {
         t.extend(kiln_boot::kbuild::TOOLS);
