@@ -121,7 +121,7 @@ pub fn produce(
                     ovmf_vars: r.board.qemu.ovmf_vars.clone(),
                     ssh_port: 2222,
                 });
-                fmt::write_file_atomic(&path, text.as_bytes(), 0o755)?;
+                kiln_host::atomic::write_file_atomic(&path, text.as_bytes(), 0o755)?;
                 path
             }
             Sidecar::Vmx => {
@@ -136,7 +136,7 @@ pub fn produce(
                     firmware_efi: uefi,
                     guest_os: "other5xlinux-64".into(),
                 });
-                fmt::write_file_atomic(&path, text.as_bytes(), 0o644)?;
+                kiln_host::atomic::write_file_atomic(&path, text.as_bytes(), 0o644)?;
                 path
             }
             Sidecar::Ova => {

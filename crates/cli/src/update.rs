@@ -73,7 +73,7 @@ impl SigningArgs {
         // Beside it, the public key tests and `kiln update apply --key` need.
         let public = PathBuf::from(format!("{}.pub", path.display()));
         if !public.exists() {
-            kiln_formats::write_file_atomic(
+            kiln_host::atomic::write_file_atomic(
                 &public,
                 keys::public_pem(&key.verifying_key()).as_bytes(),
                 0o644,
@@ -194,7 +194,7 @@ pub fn key(cmd: KeyCmd) -> Result<i32> {
             let k = keys::generate_signing_key(&file)?;
             let public = keys::public_pem(&k.verifying_key());
             let pub_path = PathBuf::from(format!("{}.pub", file.display()));
-            kiln_formats::write_file_atomic(&pub_path, public.as_bytes(), 0o644)?;
+            kiln_host::atomic::write_file_atomic(&pub_path, public.as_bytes(), 0o644)?;
             println!(
                 "{} (key id {}), public key {}",
                 file.display(),
