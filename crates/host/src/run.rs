@@ -442,6 +442,18 @@ impl Cmd {
     }
 }
 
+/// The command line and the names (not the values) of the variables set for it.
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.envs.iter().map(|(k, _)| k.to_string_lossy()).collect();
+        f.debug_struct("Cmd")
+            .field("command", &self.describe())
+            .field("env", &names)
+            .field("what", &self.what)
+            .finish()
+    }
+}
+
 /// Reaps a child with wait4 to learn its peak memory as well as its status.
 fn wait_with_rusage(child: &Child) -> Result<ExitStatus> {
     let pid = child.id() as libc::pid_t;
