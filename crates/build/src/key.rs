@@ -32,13 +32,3 @@ impl Key {
         hex::encode(self.0.finalize())
     }
 }
-
-/// SHA-256 of a file's bytes, hex.
-pub fn file_hash(path: &std::path::Path) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}

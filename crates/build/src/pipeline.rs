@@ -7,13 +7,14 @@ use anyhow::{bail, Context, Result};
 use kiln_boot::{grub, initramfs, kernel};
 use kiln_disk::{Attributes, PartitionSpec, Slot};
 use kiln_fs::{erofs::Erofs, ext4::Ext4, stage as st, vfat::Vfat};
+use kiln_host::hash::sha256_file;
 use kiln_host::tools::{self, Tool};
 use kiln_recipe::{Content, Filesystem, Firmware, Partition, Resolved, SlotName};
 use serde::Serialize;
 
 use crate::cache::CacheDirs;
 use crate::ids;
-use crate::key::{file_hash, Key};
+use crate::key::Key;
 use crate::packages::Bootstrap;
 use crate::report::StageReport;
 
@@ -219,7 +220,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let epoch = r.source_date_epoch;
     let arch = &r.board.debian_arch;
     let debs = cache.debs(&r.packages.suite, arch)?;
-    let agent_hash = file_hash(&opts.agent)?;
+    let agent_hash = sha256_file(&opts.agent)?;
     let mut reports = Vec::new();
 
     // The board image and each platform's: what differs between them.
@@ -603,7 +604,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
             .dir
             .join("config")
             .is_file()
-            .then(|| file_hash(&kst.dir.join("config")))
+            .then(|| sha256_file(&kst.dir.join("config")))
             .transpose()?,
         recipe_hash: identity.clone(),
         packages: crate::packages::installed_packages(&packages_dir.join("root"))?,
@@ -899,16 +900,11 @@ fn write_disk(
     boot_code: Option<&[u8]>,
     image: &Path,
 ) -> Result<u64> {
-    let dir = image.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            image.file_name().unwrap_or_default().to_string_lossy()
-        ))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let f = tmp.as_file();
+    let tmp = kiln_host::atomic::Staged::new(image)?;
+    let f = &std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp.path())
+        .with_context(|| format!("cannot open {}", tmp.path().display()))?;
     f.set_len(plan.disk_size_bytes)?;
     let mut w = f;
     plan.gpt.write(&mut w, boot_code)?;
@@ -918,8 +914,8 @@ fn write_disk(
             .with_context(|| format!("partition {number} not planned"))?;
         kiln_disk::copy_sparse(src, f, p.offset_bytes, p.size_bytes, &p.label)?;
     }
-    f.sync_all()?;
-    tmp.persist(image)
+    // 0600, the mode the disk image had when it was a tempfile.
+    tmp.commit(0o600)
         .with_context(|| format!("cannot write {}", image.display()))?;
     Ok(plan.disk_size_bytes)
 }
