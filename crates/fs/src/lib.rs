@@ -3,10 +3,6 @@
 //! the same bytes. The tools run through kiln-host. Also the helpers that keep writes into a
 //! staging tree inside it.
 
-// Until every caller runs tools through kiln-host.
-pub mod cmd;
-pub mod tools;
-
 pub mod erofs;
 pub mod ext4;
 pub mod stage;
