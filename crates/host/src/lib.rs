@@ -2,7 +2,7 @@
 //!
 //! - [`tools`]: the programs and files kiln needs, each with its Debian package;
 //! - [`run`]: the one command runner ([`Cmd`]), whose children start from the scrubbed
-//!   environment of [`env`];
+//!   environment of [`mod@env`];
 //! - [`qemu_img`]: qemu-img, typed;
 //! - [`atomic`]: files written to a temporary beside their destination, then renamed;
 //! - [`hash`]: file hashes.
