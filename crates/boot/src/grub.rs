@@ -2,11 +2,11 @@
 //! every module it needs (so no module directory ships), and kiln patches the BIOS boot sector
 //! and the core image's first blocklist itself, as grub-bios-setup would for an embedded core.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use kiln_fs::{cmd, tools};
+use kiln_host::tools::{GRUB_BIOS_BOOT_IMG, GRUB_MKIMAGE};
+use kiln_host::Cmd;
 
 pub const GRUB_LIB: &str = "/usr/lib/grub";
 
@@ -35,24 +35,27 @@ pub fn mkimage(target: &str, prefix: &str, modules: &[String], out: &Path) -> Re
             dir.display()
         );
     }
-    let mkimage = tools::require("grub-mkimage")?;
-    cmd::run(
-        Command::new(mkimage)
-            .arg("-d")
-            .arg(&dir)
-            .args(["-O", target, "-p", prefix, "-o"])
-            .arg(out)
-            .args(modules),
-    )
-    .with_context(|| format!("grub-mkimage for {target} failed"))?;
+    Cmd::new(GRUB_MKIMAGE)
+        .arg("-d")
+        .arg(&dir)
+        .args(["-O", target, "-p", prefix, "-o"])
+        .arg(out)
+        .args(modules)
+        .what(format!("make the GRUB image for {target}"))
+        .run()?;
     Ok(())
 }
 
 /// The BIOS boot code for the MBR (first 440 bytes): boot.img pointed at the core image.
 pub fn bios_boot_code(core_lba: u64) -> Result<Vec<u8>> {
-    let path = PathBuf::from(GRUB_LIB).join("i386-pc/boot.img");
-    let mut img = std::fs::read(&path)
-        .with_context(|| format!("cannot read {} (install grub-pc-bin)", path.display()))?;
+    let path = Path::new(GRUB_BIOS_BOOT_IMG.name);
+    let mut img = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read {} (install {})",
+            path.display(),
+            GRUB_BIOS_BOOT_IMG.package
+        )
+    })?;
     if img.len() != 512 {
         bail!("{} is {} bytes, expected 512", path.display(), img.len());
     }

@@ -6,45 +6,32 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::tools::{Tool, BC, BISON, FLEX, GCC, LD, LIBELF_H, MAKE, OPENSSL_H, PERL, TAR, XZ};
+use kiln_host::{Cmd, Event};
 use kiln_recipe::recipe::ConfigBase;
 use sha2::{Digest, Sha256};
 
 use crate::kconfig::{Config, Value};
 
-/// What building a kernel needs on the host (each known to kiln_fs::tools with its package).
-pub const TOOLS: &[&str] = &[
-    "make",
-    "gcc",
-    "ld",
-    "bc",
-    "bison",
-    "flex",
-    "perl",
-    "tar",
-    "xz",
-    "/usr/include/libelf.h",
-    "/usr/include/openssl/ssl.h",
+/// What building a kernel needs on the host.
+pub const TOOLS: &[Tool] = &[
+    MAKE, GCC, LD, BC, BISON, FLEX, PERL, TAR, XZ, LIBELF_H, OPENSSL_H,
 ];
 
 /// What identifies a kernel source. A tarball: the SHA-256 of its bytes. A tree: a hash over
 /// each file's path, size and modification time, as make itself judges a tree (hashing a
 /// gigabyte of source on every build would cost seconds that an unchanged rebuild must not).
 pub fn source_hash(source: &Path) -> Result<String> {
-    let mut h = Sha256::new();
     if source.is_file() {
-        let mut f = std::fs::File::open(source)
-            .with_context(|| format!("cannot open kernel source {}", source.display()))?;
-        std::io::copy(&mut f, &mut h)
-            .with_context(|| format!("cannot read kernel source {}", source.display()))?;
-        return Ok(format!("tarball:{}", hex::encode(h.finalize())));
+        let sha = kiln_host::hash::sha256_file(source)
+            .with_context(|| format!("cannot hash the kernel source {}", source.display()))?;
+        return Ok(format!("tarball:{sha}"));
     }
+    let mut h = Sha256::new();
     use std::os::unix::fs::MetadataExt;
     let mut entries = Vec::new();
     for e in walkdir::WalkDir::new(source).sort_by_file_name() {
@@ -69,14 +56,17 @@ pub fn source_hash(source: &Path) -> Result<String> {
     Ok(format!("tree:{}", hex::encode(h.finalize())))
 }
 
-/// The toolchain a kernel build depends on: the first line of `gcc`, `ld` and `make`
-/// --version, and the host architecture (kiln does not cross-compile kernels).
+/// The toolchain a kernel build depends on: the first line of `gcc`, `ld`, `make`, `bison`
+/// and `flex` --version, and the host architecture (kiln does not cross-compile kernels).
 pub fn toolchain() -> Result<String> {
     let mut t = format!("host {}\n", std::env::consts::ARCH);
-    for tool in ["gcc", "ld", "make", "bison", "flex"] {
-        let o = Command::new(tool).arg("--version").output().with_context(|| {
-            format!("cannot run {tool}: building a kernel needs build-essential, bc, bison, flex, libelf-dev and libssl-dev")
-        })?;
+    for tool in [GCC, LD, MAKE, BISON, FLEX] {
+        // Checked: a tool that cannot say its version cannot be trusted to build a kernel,
+        // and its first line would otherwise be an error message in the cache key.
+        let o = Cmd::new(tool)
+            .arg("--version")
+            .what(format!("ask {tool} for its version"))
+            .run()?;
         let first = String::from_utf8_lossy(&o.stdout)
             .lines()
             .next()
@@ -120,20 +110,17 @@ pub fn tree(source: &Path, hash: &str, cache: &Path) -> Result<PathBuf> {
             .tempdir_in(cache)
             .context("cannot make a directory to unpack the kernel source in")?;
         tracing::info!("kernel: unpacking {}", source.display());
-        kiln_fs::cmd::run(
-            Command::new("tar")
-                .arg("-xf")
-                .arg(source)
-                .arg("-C")
-                .arg(tmp.path())
-                .arg("--no-same-owner"),
-        )
-        .with_context(|| {
-            format!(
-                "cannot unpack kernel source {}: is it a .tar, .tar.gz or .tar.xz?",
+        Cmd::new(TAR)
+            .arg("-xf")
+            .arg(source)
+            .arg("-C")
+            .arg(tmp.path())
+            .arg("--no-same-owner")
+            .what(format!(
+                "unpack kernel source {} (is it a .tar, .tar.gz or .tar.xz?)",
                 source.display()
-            )
-        })?;
+            ))
+            .run()?;
         std::fs::rename(tmp.keep(), &dest)?;
     }
     // The tarball's one top-level directory (linux-source-6.1/), or the tree itself.
@@ -192,8 +179,8 @@ pub struct Build<'a> {
 }
 
 impl Build<'_> {
-    fn make(&self) -> Command {
-        let mut c = Command::new("make");
+    fn make(&self) -> Cmd {
+        let mut c = Cmd::new(MAKE);
         c.arg("-C")
             .arg(self.tree)
             .arg(format!("O={}", self.dir.display()))
@@ -245,7 +232,12 @@ impl Build<'_> {
 
     /// The kernel release string (uname -r) of the configured tree.
     pub fn release(&self) -> Result<String> {
-        let o = kiln_fs::cmd::run(self.make().arg("-s").arg("kernelrelease"))?;
+        let o = self
+            .make()
+            .arg("-s")
+            .arg("kernelrelease")
+            .what("ask make for the kernel release")
+            .run()?;
         let r = String::from_utf8_lossy(&o.stdout).trim().to_string();
         if r.is_empty() || r.contains(char::is_whitespace) {
             bail!("make kernelrelease printed {r:?}, not a kernel release");
@@ -261,7 +253,12 @@ impl Build<'_> {
             "the kernel build",
         )?;
         tracing::info!("kernel: compiled in {:.0} s", start.elapsed().as_secs_f64());
-        let o = kiln_fs::cmd::run(self.make().arg("-s").arg("image_name"))?;
+        let o = self
+            .make()
+            .arg("-s")
+            .arg("image_name")
+            .what("ask make where the kernel image is")
+            .run()?;
         let image = self.dir.join(String::from_utf8_lossy(&o.stdout).trim());
         if !image.is_file() {
             bail!(
@@ -296,81 +293,29 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Runs a make step with its output appended to the log; a progress line every 30 s.
-    /// On failure: the log's tail and where the whole log is.
-    fn run(&self, cmd: &mut Command, what: &str) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log)
-            .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let log = Arc::new(Mutex::new(log));
-        writeln!(
-            log.lock().expect("log"),
-            "### {}",
-            kiln_fs::cmd::describe(cmd)
-        )?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start make (install build-essential, bc, bison, flex, libelf-dev, libssl-dev)")?;
-        let steps = Arc::new(Mutex::new((0u64, String::new())));
-        let pipes: Vec<Box<dyn std::io::Read + Send>> = vec![
-            Box::new(child.stdout.take().expect("piped")),
-            Box::new(child.stderr.take().expect("piped")),
-        ];
-        let readers: Vec<_> = pipes
-            .into_iter()
-            .map(|p| {
-                let (log, steps) = (log.clone(), steps.clone());
-                std::thread::spawn(move || {
-                    for line in BufReader::new(p).lines().map_while(|l| l.ok()) {
-                        let _ = writeln!(log.lock().expect("log"), "{line}");
-                        let t = line.trim_start();
-                        if ["CC ", "LD ", "AR ", "AS "]
-                            .iter()
-                            .any(|k| t.starts_with(k))
-                        {
-                            let mut s = steps.lock().expect("steps");
-                            s.0 += 1;
-                            s.1 = t.to_string();
-                        }
-                    }
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        let mut last = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
+    /// Runs a make step with its output appended to the log; a progress line every 30 s
+    /// (how long, how many compile and link steps, the latest). On failure: the log's tail
+    /// and where the whole log is.
+    fn run(&self, cmd: &mut Cmd, what: &str) -> Result<()> {
+        let mut steps = 0u64;
+        let mut latest = String::new();
+        cmd.run_lines(self.log, |e| match e {
+            Event::Line(line) => {
+                let t = line.trim_start();
+                if ["CC ", "LD ", "AR ", "AS "]
+                    .iter()
+                    .any(|k| t.starts_with(k))
+                {
+                    steps += 1;
+                    latest = t.to_string();
+                }
             }
-            std::thread::sleep(Duration::from_millis(200));
-            if last.elapsed() >= Duration::from_secs(30) {
-                last = Instant::now();
-                let s = steps.lock().expect("steps").clone();
-                tracing::info!(
-                    "kernel: {what}: {:.0} s, {} steps, at {}",
-                    start.elapsed().as_secs_f64(),
-                    s.0,
-                    s.1
-                );
-            }
-        };
-        for r in readers {
-            let _ = r.join();
-        }
-        if !status.success() {
-            let text = std::fs::read(self.log).unwrap_or_default();
-            bail!(
-                "{what} failed ({status}); the end of its log:\n{}\n(whole log: {})",
-                kiln_fs::cmd::tail(&text, b"", 25),
-                self.log.display()
-            );
-        }
-        Ok(())
+            Event::Tick(elapsed) => tracing::info!(
+                "kernel: {what}: {:.0} s, {steps} steps, at {latest}",
+                elapsed.as_secs_f64()
+            ),
+        })
+        .with_context(|| format!("{what} failed"))
     }
 }
 
@@ -483,6 +428,56 @@ mod tests {
             s.into_iter().collect::<Vec<_>>(),
             ["EXT4_FS", "MISC_FILESYSTEMS"]
         );
+    }
+
+    /// make runs through the runner: the environment is kiln's (LC_ALL=C, KBUILD_*), its
+    /// output goes to the log, and a failed step says which and where the log is.
+    #[test]
+    fn make_steps_log_their_output_and_say_what_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(
+            tree.join("Makefile"),
+            "kernelrelease:\n\t@echo 6.1.0-kiln-$$KBUILD_BUILD_USER-$$LC_ALL\n\
+             olddefconfig:\n\t@echo '  CC      scripts/kconfig/conf.o'\n\t@echo 'no config here' >&2; exit 2\n",
+        )
+        .unwrap();
+        let log = d.path().join("kernel.log");
+        let b = Build {
+            tree: &tree,
+            dir: &d.path().join("out"),
+            arch: "x86_64",
+            log: &log,
+            epoch: 0,
+        };
+        assert_eq!(b.release().unwrap(), "6.1.0-kiln-kiln-C");
+        let e = b.configure(&[], ConfigBase::Olddefconfig).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.starts_with("make olddefconfig failed: "), "{e}");
+        assert!(e.contains("exit status: 2"), "{e}");
+        assert!(e.contains("no config here"), "{e}");
+        assert!(
+            e.contains(&format!("(whole log: {})", log.display())),
+            "{e}"
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.starts_with("### "), "{text}");
+        assert!(text.contains(" olddefconfig\n"), "{text}");
+        assert!(
+            text.contains("\n  CC      scripts/kconfig/conf.o\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn toolchain_names_each_tool() {
+        let t = toolchain().unwrap();
+        assert!(
+            t.starts_with(&format!("host {}\ngcc: ", std::env::consts::ARCH)),
+            "{t}"
+        );
+        assert!(t.contains("\nmake: GNU Make"), "{t}");
     }
 
     #[test]

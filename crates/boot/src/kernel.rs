@@ -1,10 +1,9 @@
 //! Finding the kernel in an extracted Debian kernel package, and generating its module index.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use kiln_fs::{cmd, tools};
+use kiln_host::{tools::DEPMOD, Cmd};
 
 /// A kernel as a package tree holds it.
 #[derive(Debug, Clone)]
@@ -57,8 +56,11 @@ pub fn find(root: &Path) -> Result<KernelTree> {
 
 /// Runs depmod for a module tree whose base directory is `base` (holding lib/modules/<ver>).
 pub fn depmod(base: &Path, version: &str) -> Result<()> {
-    let depmod = tools::require("depmod")?;
-    cmd::run(Command::new(depmod).arg("-b").arg(base).arg(version))
-        .context("depmod failed on the kernel's modules")?;
+    Cmd::new(DEPMOD)
+        .arg("-b")
+        .arg(base)
+        .arg(version)
+        .what("index the kernel's modules with depmod")
+        .run()?;
     Ok(())
 }

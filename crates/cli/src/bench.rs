@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use kiln_host::tools::{CP, SHA256SUM, XZ};
+use kiln_host::Cmd;
 use kiln_pipeline::{BuildOptions, BuildOutput, CacheDirs};
 
 #[derive(clap::Args)]
@@ -173,11 +175,7 @@ fn bench_verify(dir: &std::path::Path, key: &std::path::Path) -> Result<i32> {
         Ok(())
     })?;
     let s = best(&mut || {
-        let st = std::process::Command::new("sha256sum")
-            .args(&files)
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        anyhow::ensure!(st.success(), "sha256sum failed");
+        Cmd::new(SHA256SUM).args(&files).discard_stdout().run()?;
         Ok(())
     })?;
     let mib = bytes as f64 / 1048576.0;
@@ -420,22 +418,16 @@ fn bench_update(
         std::io::copy(&mut f, &mut std::fs::File::create(&body)?)?;
     }
     let (_, xz_s) = timed(|| {
-        let st = std::process::Command::new("xz")
-            .arg("-dc")
-            .arg(&body)
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        anyhow::ensure!(st.success(), "xz -dc failed");
+        Cmd::new(XZ).arg("-dc").arg(&body).discard_stdout().run()?;
         Ok(())
     })?;
 
     let image = tmp.join("apply.bin");
-    let st = std::process::Command::new("cp")
+    Cmd::new(CP)
         .arg("--sparse=always")
         .arg(&out.image)
         .arg(&image)
-        .status()?;
-    anyhow::ensure!(st.success(), "cp failed");
+        .run()?;
     let (_, apply_s) = timed(|| {
         let disk = apply::Disk::open(&image, true)?;
         let mut src = std::fs::File::open(&pfile)?;

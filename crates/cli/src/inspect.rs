@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_disk::{type_name, Gpt};
+use kiln_host::qemu_img;
 use kiln_update::state::{Choice, SlotState};
 use serde::Serialize;
 
@@ -49,16 +50,7 @@ fn size(b: u64) -> String {
 /// The sectors that hold the GPT (the first 34 and the last 33) of a qcow2, vmdk or vhd image,
 /// read by qemu-img and laid out in a sparse file of the image's virtual size.
 fn gpt_sectors_of(image: &Path, format: &str, dir: &Path) -> Result<PathBuf> {
-    let qemu_img = kiln_fs::tools::require("qemu-img")?;
-    let info = kiln_fs::cmd::run(
-        std::process::Command::new(&qemu_img)
-            .args(["info", "--output=json", "-f", format])
-            .arg(image),
-    )?;
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout)?;
-    let size = v["virtual-size"]
-        .as_u64()
-        .context("qemu-img info gave no virtual size")?;
+    let size = qemu_img::info(image, format)?.virtual_size;
     let sectors = size / 512;
     if sectors < 68 {
         anyhow::bail!(
@@ -85,17 +77,8 @@ fn copy_sectors(
     count: u64,
     dir: &Path,
 ) -> Result<()> {
-    let qemu_img = kiln_fs::tools::require("qemu-img")?;
     let part = dir.join(format!("part-{skip}.raw"));
-    // qemu-img dd counts `count` from the start of the image, skipped blocks included.
-    kiln_fs::cmd::run(
-        std::process::Command::new(&qemu_img)
-            .args(["dd", "-f", format, "-O", "raw", "bs=512"])
-            .arg(format!("skip={skip}"))
-            .arg(format!("count={count}"))
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", part.display())),
-    )?;
+    qemu_img::dd(image, format, &part, 512, skip, count)?;
     let data = std::fs::read(&part)?;
     use std::os::unix::fs::FileExt;
     to.write_all_at(&data, skip * 512)?;

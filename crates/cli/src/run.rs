@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::{tools::TAR, Cmd};
 use kiln_qemu::{Accel, Disk, Vm};
 use kiln_recipe::Firmware;
 
@@ -128,17 +129,17 @@ pub fn unpack(image: &Path, kind: &str, dir: &Path) -> Result<PathBuf> {
             out.flush()?;
         }
         "gzip" => {
-            let st = std::process::Command::new("tar")
+            Cmd::new(TAR)
                 .arg("-xzSf")
                 .arg(image)
                 .arg("-C")
                 .arg(dir)
                 .arg("disk.raw")
-                .status()
-                .context("cannot run tar")?;
-            if !st.success() {
-                bail!("{} is not a GCE tarball holding disk.raw", image.display());
-            }
+                .what(format!(
+                    "unpack {}: is it a GCE tarball holding disk.raw?",
+                    image.display()
+                ))
+                .run()?;
         }
         other => bail!("cannot unpack {other}"),
     }
@@ -258,30 +259,63 @@ pub fn run(a: RunArgs) -> Result<i32> {
     }
 }
 
-/// An empty OpenStack-style config drive: FAT labelled config-2 with openstack/latest.
+/// An OpenStack-style config drive: FAT labelled config-2 holding
+/// openstack/latest/meta_data.json.
 fn config_drive(dir: &Path) -> Result<PathBuf> {
     let img = dir.join("config-2.img");
     let meta = dir.join("meta_data.json");
-    std::fs::write(&meta, "{\"uuid\": \"kiln-run\", \"hostname\": \"kiln\"}\n")?;
-    let run = |c: &mut std::process::Command| kiln_fs::cmd::run(c).map(|_| ());
-    run(
-        std::process::Command::new(kiln_fs::tools::require("mkfs.vfat")?)
-            .args(["-n", "config-2", "-C"])
-            .arg(&img)
-            .arg("8192"),
-    )?;
-    run(std::process::Command::new(kiln_fs::tools::require("mmd")?)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(&img)
-        .args(["::/openstack", "::/openstack/latest"]))?;
-    run(
-        std::process::Command::new(kiln_fs::tools::require("mcopy")?)
+    std::fs::write(&meta, "{\"uuid\": \"kiln-run\", \"hostname\": \"kiln\"}\n")
+        .with_context(|| format!("cannot write {}", meta.display()))?;
+    // Made for one boot and thrown away: the time stamps are now's, the serial fixed. 64 MiB
+    // (sparse, about 1 MiB on disk): Vfat makes FAT32, which needs 65525 clusters, and
+    // mtools cannot write to a smaller one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    kiln_fs::vfat::Vfat {
+        label: "config-2",
+        serial: 0x6b696c6e,
+        epoch: now,
+        size: 64 << 20,
+        what: "config drive",
+    }
+    .build(&[("/openstack/latest/meta_data.json".into(), meta)], &img)?;
+    Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_drive_is_labelled_config_2_and_holds_the_meta_data() {
+        let d = tempfile::tempdir().unwrap();
+        let img = config_drive(d.path()).unwrap();
+        let bytes = std::fs::read(&img).unwrap();
+        assert_eq!(bytes.len(), 64 << 20);
+        // The FAT32 boot sector's volume label.
+        assert_eq!(&bytes[71..82], b"config-2   ");
+        let o = std::process::Command::new("mtype")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(&img)
-            .arg(&meta)
-            .arg("::/openstack/latest/meta_data.json"),
-    )?;
-    Ok(img)
+            .arg("::/openstack/latest/meta_data.json")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "{\"uuid\": \"kiln-run\", \"hostname\": \"kiln\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_gzip_that_is_not_a_gce_tarball_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let bad = d.path().join("x.tar.gz");
+        std::fs::write(&bad, b"\x1f\x8b not really").unwrap();
+        let e = format!("{:#}", unpack(&bad, "gzip", d.path()).unwrap_err());
+        assert!(e.contains("is it a GCE tarball holding disk.raw?"), "{e}");
+        assert!(e.contains("exit status: 2"), "{e}");
+    }
 }

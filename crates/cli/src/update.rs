@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use kiln_host::qemu_img;
 use kiln_update::apply::{self, Disk};
 use kiln_update::payload::{self, Meta, SectionName};
 use kiln_update::state::Slot;
@@ -73,7 +74,7 @@ impl SigningArgs {
         // Beside it, the public key tests and `kiln update apply --key` need.
         let public = PathBuf::from(format!("{}.pub", path.display()));
         if !public.exists() {
-            kiln_formats::write_file_atomic(
+            kiln_host::atomic::write_file_atomic(
                 &public,
                 keys::public_pem(&key.verifying_key()).as_bytes(),
                 0o644,
@@ -194,7 +195,7 @@ pub fn key(cmd: KeyCmd) -> Result<i32> {
             let k = keys::generate_signing_key(&file)?;
             let public = keys::public_pem(&k.verifying_key());
             let pub_path = PathBuf::from(format!("{}.pub", file.display()));
-            kiln_formats::write_file_atomic(&pub_path, public.as_bytes(), 0o644)?;
+            kiln_host::atomic::write_file_atomic(&pub_path, public.as_bytes(), 0o644)?;
             println!(
                 "{} (key id {}), public key {}",
                 file.display(),
@@ -388,16 +389,8 @@ impl Image {
                 tmp: None,
             }),
             "qcow2" => {
-                let qemu_img = kiln_fs::tools::require("qemu-img")?;
-                let info = kiln_fs::cmd::run(
-                    std::process::Command::new(&qemu_img)
-                        .args(["info", "--output=json", "-f", "qcow2"])
-                        .arg(path),
-                )?;
-                let v: serde_json::Value = serde_json::from_slice(&info.stdout)
-                    .context("qemu-img info gave no JSON")?;
-                let compat = v["format-specific"]["data"]["compat"]
-                    .as_str()
+                let compat = qemu_img::info(path, "qcow2")?
+                    .qcow2_compat()
                     .unwrap_or("1.1")
                     .to_string();
                 // Beside the image: same filesystem for the final rename, and no writes
@@ -408,13 +401,8 @@ impl Image {
                     .tempdir_in(dir.unwrap_or(Path::new(".")))
                     .context("cannot make a temporary directory beside the image")?;
                 let raw = tmp.path().join("disk.raw");
-                kiln_fs::cmd::run(
-                    std::process::Command::new(&qemu_img)
-                        .args(["convert", "-f", "qcow2", "-O", "raw"])
-                        .arg(path)
-                        .arg(&raw),
-                )
-                .with_context(|| format!("cannot read {}", path.display()))?;
+                qemu_img::convert(path, "qcow2", &raw, "raw", None)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 Ok(Self {
                     orig: path.to_path_buf(),
                     raw,
@@ -436,12 +424,12 @@ impl Image {
             return Ok(());
         };
         let out = tmp.path().join("disk.qcow2");
-        kiln_fs::cmd::run(
-            std::process::Command::new(kiln_fs::tools::require("qemu-img")?)
-                .args(["convert", "-f", "raw", "-O", "qcow2", "-o"])
-                .arg(format!("compat={compat}"))
-                .arg(&self.raw)
-                .arg(&out),
+        qemu_img::convert(
+            &self.raw,
+            "raw",
+            &out,
+            "qcow2",
+            Some(&format!("compat={compat}")),
         )
         .context("cannot write the qcow2 image back")?;
         File::open(&out)?.sync_all()?;

@@ -1,32 +1,10 @@
 //! DIGESTS files in the CoreOS style, checkable with sha256sum -c and sha512sum -c.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256, Sha512};
-
-use crate::util::{parent_dir, write_file_atomic, MIB};
-
-/// SHA-256 and SHA-512 of a file (lower-case hex), both from one read in 1 MiB chunks.
-pub fn hash_file(path: &Path) -> Result<(String, String)> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut s256 = Sha256::new();
-    let mut s512 = Sha512::new();
-    let mut buf = vec![0u8; MIB as usize];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        s256.update(&buf[..n]);
-        s512.update(&buf[..n]);
-    }
-    Ok((hex::encode(s256.finalize()), hex::encode(s512.finalize())))
-}
+use kiln_host::atomic::{parent_dir, write_file_atomic};
+use kiln_host::hash::sha256_sha512_file;
 
 /// Writes the DIGESTS file `dest` for `files`, which must be in the same directory as
 /// `dest` (lines name them by file name). For each file:
@@ -63,7 +41,7 @@ pub fn digests(files: &[&Path], dest: &Path) -> Result<()> {
                 dir.display()
             );
         }
-        let (sha256, sha512) = hash_file(file)?;
+        let (sha256, sha512) = sha256_sha512_file(file)?;
         entries.push(Entry {
             name: name.to_string(),
             sha256,
@@ -154,6 +132,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::MIB;
     use std::io::Write;
     use std::process::{Command, Stdio};
 

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::atomic::Staged;
+use kiln_host::qemu_img;
 
-use crate::util::{qemu_path, source_size, Staged, GIB, MIB};
+use crate::util::{source_size, GIB, MIB};
 
 /// The largest virtual size a VHD may have (the VHD format and Azure both stop at 2040 GiB).
 pub const VHD_MAX_BYTES: u64 = 2040 * GIB;
@@ -146,15 +147,16 @@ pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path, stamp: &Stamp) -> R
     check_size(format, size)
         .with_context(|| format!("cannot write {} as {format}", raw.display()))?;
     let options = format.qemu_options()?;
-    let qemu_img = kiln_fs::tools::require("qemu-img")?;
+    kiln_host::tools::require(kiln_host::tools::QEMU_IMG)?;
     let staged = Staged::new(dest)?;
-    let mut cmd = Command::new(qemu_img);
-    cmd.args(["convert", "-q", "-f", "raw", "-O", format.qemu_name()]);
-    if let Some(o) = &options {
-        cmd.args(["-o", o]);
-    }
-    cmd.arg(qemu_path(raw)).arg(qemu_path(staged.path()));
-    kiln_fs::cmd::run(&mut cmd).with_context(|| {
+    qemu_img::convert(
+        raw,
+        "raw",
+        staged.path(),
+        format.qemu_name(),
+        options.as_deref(),
+    )
+    .with_context(|| {
         format!(
             "cannot convert {} to {format} at {}",
             raw.display(),
@@ -337,20 +339,20 @@ mod tests {
             let dest = dir.path().join(file);
             convert(&raw, &format, &dest, &STAMP).unwrap();
             let info = qemu_info(&dest, name);
-            assert_eq!(info["format"], name, "{format}: {info}");
-            assert_eq!(info["virtual-size"], 4 * MIB, "{format}: {info}");
+            assert_eq!(info.format, name, "{format}: {info:?}");
+            assert_eq!(info.virtual_size, 4 * MIB, "{format}: {info:?}");
             if format.qemu_name() != "raw" && format.qemu_name() != "vpc" {
                 // qemu-img has no consistency check for raw and vpc.
-                qemu_img_ok(&["check", "-f", name], &dest);
+                qemu_check(&dest, name);
             }
             qemu_compare(&raw, &dest, name);
             match &format {
                 DiskFormat::Qcow2 { compat } => {
-                    assert_eq!(info["format-specific"]["data"]["compat"], compat.as_str())
+                    assert_eq!(info.qcow2_compat(), Some(compat.as_str()), "{info:?}")
                 }
                 DiskFormat::Vmdk { subformat, .. } => {
-                    let sub = &info["format-specific"]["data"]["create-type"];
-                    assert_eq!(sub, subformat.as_str(), "{info}");
+                    let sub = info.vmdk_create_type();
+                    assert_eq!(sub, Some(subformat.as_str()), "{info:?}");
                 }
                 DiskFormat::Vhd { subformat } if subformat == "fixed" => {
                     // A fixed VHD is the raw bytes plus a 512-byte footer.
@@ -397,7 +399,7 @@ mod tests {
             assert!(bytes == std::fs::read(&b).unwrap(), "{format} differs");
             qemu_compare(&raw, &a, name);
             if name == "vmdk" {
-                qemu_img_ok(&["check", "-f", "vmdk"], &a);
+                qemu_check(&a, "vmdk");
                 let text = String::from_utf8_lossy(&bytes[512..4096]).into_owned();
                 assert!(text.contains("CID=07070707\n"), "{text}");
                 assert!(text.contains("SPARSE \"disk.img\""), "{text}");

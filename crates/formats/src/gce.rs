@@ -1,11 +1,13 @@
 //! The Google Compute Engine image: a gzip-compressed GNU tar holding only `disk.raw`.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::atomic::{parent_dir, Staged};
+use kiln_host::tools::{self, PIGZ, TAR};
+use kiln_host::Cmd;
 
-use crate::util::{source_size, tool, Staged, GIB};
+use crate::util::{source_size, GIB};
 
 /// Checks that a raw disk of `size` bytes can be a GCE image: a whole number of GiB.
 pub fn check_gce_size(size: u64) -> Result<()> {
@@ -29,15 +31,15 @@ pub fn gce_tarball(raw: &Path, dest: &Path, epoch: i64) -> Result<()> {
     if epoch < 0 {
         bail!("timestamp {epoch} is before 1970: give a SOURCE_DATE_EPOCH of 0 or later");
     }
-    let tar = tool("tar", "tar")?;
-    // pigz: gzip on every core, and the same bytes whatever the number of threads.
-    tool("pigz", "pigz")?;
+    // pigz: gzip on every core, and the same bytes whatever the number of threads. tar runs
+    // it by name, so check for it here.
+    tools::check_all(&[TAR, PIGZ])?;
     let name = raw
         .file_name()
         .with_context(|| format!("{} has no file name", raw.display()))?;
-    let dir = crate::util::parent_dir(raw);
+    let dir = parent_dir(raw);
     let staged = Staged::new(dest)?;
-    let mut cmd = Command::new(tar);
+    let mut cmd = Cmd::new(TAR);
     cmd.args([
         "--create",
         "--format=oldgnu",
@@ -63,14 +65,13 @@ pub fn gce_tarball(raw: &Path, dest: &Path, epoch: i64) -> Result<()> {
     .arg("--directory")
     .arg(dir)
     .arg("--")
-    .arg(name);
-    kiln_fs::cmd::run(&mut cmd).with_context(|| {
-        format!(
-            "cannot write the GCE tarball {} from {}",
-            dest.display(),
-            raw.display()
-        )
-    })?;
+    .arg(name)
+    .what(format!(
+        "write the GCE tarball {} from {}",
+        dest.display(),
+        raw.display()
+    ))
+    .run()?;
     staged.commit(0o644)
 }
 

@@ -244,7 +244,7 @@ mod tests {
     }
 
     fn write_exec(path: &Path, text: &str) {
-        crate::util::write_file_atomic(path, text.as_bytes(), 0o755).unwrap();
+        kiln_host::atomic::write_file_atomic(path, text.as_bytes(), 0o755).unwrap();
         assert_eq!(
             std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
             0o755
@@ -263,7 +263,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            if kiln_fs::tools::find("shellcheck").is_some() {
+            if kiln_host::tools::find_named("shellcheck").is_some() {
                 let out = Command::new("shellcheck").arg(&script).output().unwrap();
                 assert!(
                     out.status.success(),
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn builds_the_qemu_command_and_config_drive() {
         for tool in ["mkfs.vfat", "mcopy", "mmd", "mtype"] {
-            if kiln_fs::tools::find(tool).is_none() {
+            if kiln_host::tools::find_named(tool).is_none() {
                 eprintln!("skipped: {tool} is not installed");
                 return;
             }
@@ -399,7 +399,7 @@ mod tests {
             meta["public_keys"],
             serde_json::json!({"key-0": "ssh-ed25519 AAAA \"me\"@host", "key-1": "ssh-rsa BBBB you"})
         );
-        if kiln_fs::tools::find("fatlabel").is_some() {
+        if kiln_host::tools::find_named("fatlabel").is_some() {
             let o = Command::new("fatlabel").arg(&img).output().unwrap();
             assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "config-2");
         }

@@ -19,7 +19,7 @@ mod util;
 mod vmx;
 mod xz;
 
-pub use digests::{digests, hash_file};
+pub use digests::digests;
 pub use disk::{check_size, convert, move_raw, DiskFormat, Stamp, VHD_MAX_BYTES};
 pub use gce::{check_gce_size, gce_tarball};
 pub use launch::{qemu_launch_script, LaunchScriptInfo};
@@ -31,7 +31,6 @@ pub use sidecar::{
     ec2_register_json, openstack_properties_json, write_json, S3_BUCKET_PLACEHOLDER,
     SNAPSHOT_ID_PLACEHOLDER,
 };
-pub use util::write_file_atomic;
 pub use vmx::{vmx, VmxInfo};
 pub use xz::xz_compress;
 
@@ -40,6 +39,8 @@ mod testutil {
     use std::io::{Seek, SeekFrom, Write};
     use std::path::{Path, PathBuf};
     use std::process::Command;
+
+    pub use kiln_host::qemu_img;
 
     /// A sparse raw disk of `size` bytes named src.raw in `dir`, with data at its start,
     /// middle and last sector (where a GPT's backup header would be).
@@ -57,45 +58,19 @@ mod testutil {
         path
     }
 
-    /// `qemu-img info --output=json -f FORMAT path`.
-    pub fn qemu_info(path: &Path, format: &str) -> serde_json::Value {
-        let o = qemu_img_ok(&["info", "--output=json", "-f", format], path);
-        serde_json::from_slice(&o).unwrap()
+    /// `qemu-img info` of an artifact, which must succeed.
+    pub fn qemu_info(path: &Path, format: &str) -> qemu_img::Info {
+        qemu_img::info(path, format).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// Runs qemu-img with `args` then `path`, asserting success; returns stdout.
-    pub fn qemu_img_ok(args: &[&str], path: &Path) -> Vec<u8> {
-        let o = Command::new("qemu-img")
-            .args(args)
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "qemu-img {args:?} {}: {}{}",
-            path.display(),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o.stdout
+    /// `qemu-img check` of an artifact, which must pass.
+    pub fn qemu_check(path: &Path, format: &str) {
+        qemu_img::check(path, format).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// `qemu-img compare` of the raw image and an artifact: the guest sees the same bytes.
     pub fn qemu_compare(raw: &Path, artifact: &Path, format: &str) {
-        let o = Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", format])
-            .arg(raw)
-            .arg(artifact)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{}: {}{}",
-            artifact.display(),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(String::from_utf8_lossy(&o.stdout).contains("Images are identical"));
+        qemu_img::compare(raw, "raw", artifact, format).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Runs a shell command, asserting success; returns stdout.

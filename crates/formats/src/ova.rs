@@ -3,12 +3,15 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::atomic::{parent_dir, write_file_atomic, Staged};
+use kiln_host::hash::sha256_sha512_file;
+use kiln_host::tools::{self, TAR};
+use kiln_host::Cmd;
 
 use crate::disk::{convert, DiskFormat, Stamp};
-use crate::util::{check_plain_name, source_size, tool, write_file_atomic, xml_escape, Staged};
+use crate::util::{check_plain_name, source_size, xml_escape};
 
 /// The virtual hardware version the OVF and the .vmx ask for (ESXi 6.5, Workstation 12.5
 /// and later): it has UEFI, pvscsi and vmxnet3.
@@ -167,12 +170,12 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, stamp: &Stamp) -> Result<()>
     if epoch < 0 {
         bail!("timestamp {epoch} is before 1970: give a SOURCE_DATE_EPOCH of 0 or later");
     }
-    let tar = tool("tar", "tar")?;
+    tools::require(TAR)?;
 
     // Everything is made in a scratch directory beside dest, removed on return.
     let work = tempfile::Builder::new()
         .prefix(".kiln-ova.")
-        .tempdir_in(crate::util::parent_dir(dest))
+        .tempdir_in(parent_dir(dest))
         .with_context(|| {
             format!(
                 "cannot create a scratch directory beside {}",
@@ -204,13 +207,13 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, stamp: &Stamp) -> Result<()>
     }
     let ovf = ovf_xml(info, &vmdk_name, vmdk_size);
     write_file_atomic(&work.path().join(&ovf_name), ovf.as_bytes(), 0o644)?;
-    let (ovf_sha, _) = crate::digests::hash_file(&work.path().join(&ovf_name))?;
-    let (vmdk_sha, _) = crate::digests::hash_file(&vmdk)?;
+    let (ovf_sha, _) = sha256_sha512_file(&work.path().join(&ovf_name))?;
+    let (vmdk_sha, _) = sha256_sha512_file(&vmdk)?;
     let mf = format!("SHA256({ovf_name})= {ovf_sha}\nSHA256({vmdk_name})= {vmdk_sha}\n");
     write_file_atomic(&work.path().join(&mf_name), mf.as_bytes(), 0o644)?;
 
     let staged = Staged::new(dest)?;
-    let mut cmd = Command::new(tar);
+    let mut cmd = Cmd::new(TAR);
     cmd.args([
         "--create",
         "--format=ustar",
@@ -227,9 +230,9 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, stamp: &Stamp) -> Result<()>
     .arg(work.path())
     .arg("--")
     // Members in the order the OVF specification requires: descriptor, manifest, disk.
-    .args([&ovf_name, &mf_name, &vmdk_name]);
-    kiln_fs::cmd::run(&mut cmd)
-        .with_context(|| format!("cannot write the OVA {}", dest.display()))?;
+    .args([&ovf_name, &mf_name, &vmdk_name])
+    .what(format!("write the OVA {}", dest.display()))
+    .run()?;
     staged.commit(0o644)?;
     work.close().with_context(|| {
         format!(
@@ -350,11 +353,8 @@ mod tests {
         ));
         let vmdk = out.join("kiln-vmware.vmdk");
         let i = qemu_info(&vmdk, "vmdk");
-        assert_eq!(
-            i["format-specific"]["data"]["create-type"],
-            "streamOptimized"
-        );
-        qemu_img_ok(&["check", "-f", "vmdk"], &vmdk);
+        assert_eq!(i.vmdk_create_type(), Some("streamOptimized"), "{i:?}");
+        qemu_check(&vmdk, "vmdk");
         qemu_compare(&raw, &vmdk, "vmdk");
         let ovf = std::fs::read_to_string(out.join("kiln-vmware.ovf")).unwrap();
         let size = std::fs::metadata(&vmdk).unwrap().len();

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::util::{gib_ceil, write_file_atomic};
+use kiln_host::atomic::write_file_atomic;
+
+use crate::util::gib_ceil;
 
 /// The placeholder for the snapshot id that `aws ec2 import-snapshot` reports.
 pub const SNAPSHOT_ID_PLACEHOLDER: &str = "<snapshot-id from import-snapshot>";

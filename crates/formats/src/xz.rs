@@ -13,11 +13,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
+use kiln_host::atomic::Staged;
 use sha2::{Digest, Sha256};
 use xz2::stream::{Check, Stream};
 use xz2::write::XzEncoder;
-
-use crate::util::Staged;
 
 const CHUNK: usize = 16 << 20;
 

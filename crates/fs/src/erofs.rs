@@ -1,12 +1,12 @@
 //! erofs images for USR: read-only by construction, compressed, every timestamp fixed with -T.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::{tools::MKFS_EROFS, Cmd};
 use uuid::Uuid;
 
-use crate::{cmd, mib, tools};
+use crate::mib;
 
 pub struct Erofs<'a> {
     pub uuid: Uuid,
@@ -20,17 +20,20 @@ pub struct Erofs<'a> {
 
 impl Erofs<'_> {
     pub fn build(&self, tree: &Path, out: &Path) -> Result<u64> {
-        let mkfs = tools::require("mkfs.erofs")?;
-        let mut c = Command::new(mkfs);
+        let mut c = Cmd::new(MKFS_EROFS);
         c.arg("--quiet")
             .arg(format!("-T{}", self.epoch))
             .arg(format!("-U{}", self.uuid));
         if self.compression != "none" {
             c.arg(format!("-z{}", self.compression));
         }
-        c.arg(out).arg(tree);
-        cmd::run(&mut c).with_context(|| format!("cannot make the {} filesystem", self.what))?;
-        let size = std::fs::metadata(out)?.len();
+        c.arg(out)
+            .arg(tree)
+            .what(format!("make the {} filesystem", self.what))
+            .run()?;
+        let size = std::fs::metadata(out)
+            .with_context(|| format!("mkfs.erofs left no {}", out.display()))?
+            .len();
         if size > self.limit {
             bail!(
                 "{}: the erofs image of {} is {} but the {} partition is {}; \

@@ -6,13 +6,14 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use kiln_host::tools::{self, DEBUGFS, MKE2FS};
+use kiln_host::Cmd;
 use uuid::Uuid;
 use walkdir::WalkDir;
 
-use crate::{cmd, mib, tools, tree_footprint};
+use crate::{mib, tree_footprint};
 
 pub struct Ext4<'a> {
     pub label: &'a str,
@@ -29,8 +30,7 @@ pub struct Ext4<'a> {
 impl Ext4<'_> {
     /// Builds the filesystem image at `out` (a new file of `self.size` bytes) from `tree`.
     pub fn build(&self, tree: &Path, out: &Path) -> Result<()> {
-        let mke2fs = tools::require("mke2fs")?;
-        let debugfs = tools::require("debugfs")?;
+        tools::check_all(&[MKE2FS, DEBUGFS])?;
         // Leave room for the journal and metadata: mke2fs needs ~5% plus the journal.
         let need = tree_footprint(tree)?;
         let usable = self
@@ -52,23 +52,22 @@ impl Ext4<'_> {
         f.set_len(self.size)?;
         drop(f);
         let epoch = self.epoch.to_string();
-        cmd::run(
-            Command::new(mke2fs)
-                .env("E2FSPROGS_FAKE_TIME", &epoch)
-                .env("MKE2FS_DEVICE_SECTSIZE", "512")
-                .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", self.label])
-                .arg("-U")
-                .arg(self.uuid.to_string())
-                .arg("-E")
-                .arg(format!(
-                    "hash_seed={},root_owner=0:0,nodiscard",
-                    self.hash_seed
-                ))
-                .arg("-d")
-                .arg(tree)
-                .arg(out),
-        )
-        .with_context(|| format!("cannot make the {} filesystem", self.what))?;
+        Cmd::new(MKE2FS)
+            .env("E2FSPROGS_FAKE_TIME", &epoch)
+            .env("MKE2FS_DEVICE_SECTSIZE", "512")
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", self.label])
+            .arg("-U")
+            .arg(self.uuid.to_string())
+            .arg("-E")
+            .arg(format!(
+                "hash_seed={},root_owner=0:0,nodiscard",
+                self.hash_seed
+            ))
+            .arg("-d")
+            .arg(tree)
+            .arg(out)
+            .what(format!("make the {} filesystem", self.what))
+            .run()?;
 
         // ctime of every inode mke2fs copied from the host.
         let script = out.with_extension("debugfs");
@@ -86,14 +85,17 @@ impl Ext4<'_> {
         }
         s.flush()?;
         drop(s);
-        let out_dbg = cmd::run(
-            Command::new(debugfs)
-                .env("E2FSPROGS_FAKE_TIME", &epoch)
-                .arg("-w")
-                .arg("-f")
-                .arg(&script)
-                .arg(out),
-        )?;
+        let out_dbg = Cmd::new(DEBUGFS)
+            .env("E2FSPROGS_FAKE_TIME", &epoch)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(out)
+            .what(format!(
+                "set the inode times of the {} filesystem",
+                self.what
+            ))
+            .run()?;
         std::fs::remove_file(&script).ok();
         // debugfs reports per-command failures on stderr but exits 0.
         let err = String::from_utf8_lossy(&out_dbg.stderr);

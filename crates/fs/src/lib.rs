@@ -1,13 +1,11 @@
 //! Filesystem images made from directories, never by mounting: `mke2fs -d`, `mkfs.erofs`,
 //! `mkfs.vfat` + `mcopy`. Every identifier and timestamp is passed in, so the same tree gives
-//! the same bytes. Also the host-tool lookup (with the Debian package to install) and the
-//! helpers that keep writes into a staging tree inside it.
+//! the same bytes. The tools run through kiln-host. Also the helpers that keep writes into a
+//! staging tree inside it.
 
-pub mod cmd;
 pub mod erofs;
 pub mod ext4;
 pub mod stage;
-pub mod tools;
 pub mod vfat;
 
 /// The size of a tree's content, as a filesystem would roughly need it (each file rounded

@@ -2,11 +2,12 @@
 //! through a mount. SOURCE_DATE_EPOCH fixes the timestamps mtools writes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use kiln_host::tools::{self, MCOPY, MKFS_VFAT, MMD};
+use kiln_host::Cmd;
 
-use crate::{cmd, mib, tools};
+use crate::mib;
 
 pub struct Vfat<'a> {
     /// Volume label, at most 11 characters.
@@ -29,9 +30,7 @@ impl Vfat<'_> {
                 self.label.len()
             );
         }
-        let mkfs = tools::require("mkfs.vfat")?;
-        let mmd = tools::require("mmd")?;
-        let mcopy = tools::require("mcopy")?;
+        tools::check_all(&[MKFS_VFAT, MMD, MCOPY])?;
         let total: u64 = files
             .iter()
             .map(|(_, p)| std::fs::metadata(p).map(|m| m.len().div_ceil(4096) * 4096))
@@ -52,17 +51,16 @@ impl Vfat<'_> {
             std::fs::remove_file(out)?;
         }
         let epoch = self.epoch.to_string();
-        cmd::run(
-            Command::new(mkfs)
-                .env("SOURCE_DATE_EPOCH", &epoch)
-                .arg("--invariant")
-                .args(["-F", "32", "-n", self.label, "-i"])
-                .arg(format!("{:08X}", self.serial))
-                .arg("-C")
-                .arg(out)
-                .arg((self.size / 1024).to_string()),
-        )
-        .with_context(|| format!("cannot make the {} filesystem", self.what))?;
+        Cmd::new(MKFS_VFAT)
+            .env("SOURCE_DATE_EPOCH", &epoch)
+            .arg("--invariant")
+            .args(["-F", "32", "-n", self.label, "-i"])
+            .arg(format!("{:08X}", self.serial))
+            .arg("-C")
+            .arg(out)
+            .arg((self.size / 1024).to_string())
+            .what(format!("make the {} filesystem", self.what))
+            .run()?;
 
         // Directories first, in sorted order, so the directory entries are repeatable.
         let mut dirs: Vec<String> = Vec::new();
@@ -80,28 +78,27 @@ impl Vfat<'_> {
         dirs.sort();
         let img = out.as_os_str();
         for d in &dirs {
-            cmd::run(
-                Command::new(&mmd)
-                    .env("SOURCE_DATE_EPOCH", &epoch)
-                    .env("MTOOLS_SKIP_CHECK", "1")
-                    .arg("-i")
-                    .arg(img)
-                    .arg(format!("::{d}")),
-            )?;
+            Cmd::new(MMD)
+                .env("SOURCE_DATE_EPOCH", &epoch)
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-i")
+                .arg(img)
+                .arg(format!("::{d}"))
+                .what(format!("make the directory {d} in {}", self.what))
+                .run()?;
         }
         let mut sorted: Vec<&(String, PathBuf)> = files.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         for (dest, src) in sorted {
-            cmd::run(
-                Command::new(&mcopy)
-                    .env("SOURCE_DATE_EPOCH", &epoch)
-                    .env("MTOOLS_SKIP_CHECK", "1")
-                    .arg("-i")
-                    .arg(img)
-                    .arg(src)
-                    .arg(format!("::{}", dest.trim_start_matches('/'))),
-            )
-            .with_context(|| format!("cannot copy {} into {}", src.display(), self.what))?;
+            Cmd::new(MCOPY)
+                .env("SOURCE_DATE_EPOCH", &epoch)
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-i")
+                .arg(img)
+                .arg(src)
+                .arg(format!("::{}", dest.trim_start_matches('/')))
+                .what(format!("copy {} into {}", src.display(), self.what))
+                .run()?;
         }
         Ok(())
     }

@@ -174,12 +174,12 @@ impl CacheDirs {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir_all(&tmp)?;
-        kiln_fs::cmd::take_peak_rss_kib();
+        kiln_host::take_peak_rss_kib();
         if let Err(e) = produce(&tmp) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e.context(format!("stage {tag} failed")));
         }
-        let peak = kiln_fs::cmd::take_peak_rss_kib();
+        let peak = kiln_host::take_peak_rss_kib();
         std::fs::write(tmp.join(INPUTS_FILE), serde_json::to_vec_pretty(&record)?)?;
         // On disk before it is published: a cached stage is trusted as it is.
         syncfs(&tmp)?;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use kiln_boot::initramfs;
-use kiln_fs::tools;
+use kiln_host::tools::{self, Tool};
 use kiln_recipe::{Filesystem, Firmware, Resolved};
 
 use crate::cache::CacheLock;
@@ -54,7 +54,7 @@ impl<'a> Build<'a> {
             opts,
             tools: HostTools::probe(),
             debs: opts.cache.debs(&r.packages.suite, &r.board.debian_arch)?,
-            agent_hash: crate::file_hash(&opts.agent)?,
+            agent_hash: kiln_host::hash::sha256_file(&opts.agent)?,
             work: opts.cache.work_dir()?,
             reports: Mutex::new(Vec::new()),
             _lock: lock,
@@ -92,28 +92,28 @@ impl<'a> Build<'a> {
 }
 
 /// Host tools every build needs, checked before any work starts.
-fn required_tools(r: &Resolved) -> Vec<&'static str> {
+fn required_tools(r: &Resolved) -> Vec<Tool> {
     let mut t = vec![
-        "mmdebstrap",
-        "mke2fs",
-        "debugfs",
-        "mkfs.vfat",
-        "mcopy",
-        "mmd",
-        "grub-mkimage",
-        "depmod",
+        tools::MMDEBSTRAP,
+        tools::MKE2FS,
+        tools::DEBUGFS,
+        tools::MKFS_VFAT,
+        tools::MCOPY,
+        tools::MMD,
+        tools::GRUB_MKIMAGE,
+        tools::DEPMOD,
     ];
     if !r.platforms.is_empty() {
-        t.extend(["qemu-img", "tar", "pigz"]);
+        t.extend([tools::QEMU_IMG, tools::TAR, tools::PIGZ]);
     }
     if r.usr_filesystem == Filesystem::Erofs {
-        t.push("mkfs.erofs");
+        t.push(tools::MKFS_EROFS);
     }
     if r.has_firmware(Firmware::Bios) {
-        t.push("/usr/lib/grub/i386-pc/boot.img");
+        t.push(tools::GRUB_BIOS_BOOT_IMG);
     }
     if r.has_firmware(Firmware::Uefi) {
-        t.push("/usr/lib/grub/x86_64-efi/linux.mod");
+        t.push(tools::GRUB_EFI_LINUX_MOD);
     }
     if r.kernel.build.is_some() {
         t.extend(kiln_boot::kbuild::TOOLS);

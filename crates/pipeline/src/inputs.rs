@@ -49,7 +49,9 @@ impl Inputs {
                 .iter()
                 .map(|(label, v)| {
                     let shown = match std::str::from_utf8(v) {
-                        Ok(t) if t.len() <= SHOWN && !t.contains('\n') => t.to_string(),
+                        Ok(t) if t.len() <= SHOWN && !t.chars().any(char::is_control) => {
+                            t.to_string()
+                        }
                         _ => format!(
                             "sha256:{} ({} bytes)",
                             hex::encode(Sha256::digest(v)),

@@ -157,7 +157,11 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         image,
         artifacts,
         payload,
-        kernel_config_sha256: kernel.config.as_deref().map(file_hash).transpose()?,
+        kernel_config_sha256: kernel
+            .config
+            .as_deref()
+            .map(kiln_host::hash::sha256_file)
+            .transpose()?,
         recipe_hash: r.identity().to_string(),
         packages: stages::packages::installed_packages(&packages.root)?,
         tools: b.tools.as_map(),
@@ -281,14 +285,4 @@ fn all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Res
             .map(|h| h.join().expect("a build thread panicked"))
             .collect()
     })
-}
-
-/// SHA-256 of a file's bytes, hex.
-pub fn file_hash(path: &std::path::Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_fs::tools::package_version;
+use kiln_host::tools::package_version;
 
 pub struct HostTools {
     pub mmdebstrap: String,

@@ -6,11 +6,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use kiln_host::Cmd;
 use kiln_recipe::board::QemuDef;
 use kiln_recipe::Firmware;
 
@@ -101,7 +102,8 @@ pub fn kvm_works(binary: &str) -> bool {
     if std::fs::write(&rom, img).is_err() {
         return false;
     }
-    let Ok(mut child) = Command::new(binary)
+    // A failure to start is an answer here (no KVM), not an error.
+    let Ok(mut child) = Cmd::program(binary)
         .args([
             // The CPU model a KVM run uses: on some hosts that is what fails.
             "-machine",
@@ -150,20 +152,13 @@ impl Vm {
 
     /// The QEMU command. `vars` is a writable copy of the UEFI variable store (UEFI only).
     /// `serial` is QEMU's -serial backend: stdio, or mon:stdio for a person (Ctrl-a x).
-    pub fn command(&self, vars: Option<&Path>, serial: &str) -> Result<Command> {
-        kiln_fs::tools::require(&self.qemu.binary)?;
+    pub fn command(&self, vars: Option<&Path>, serial: &str) -> Result<Cmd> {
+        kiln_host::tools::require_named(&self.qemu.binary)?;
         let accel = self.accel_name();
         tracing::info!("booting with {accel}");
-        let mut c = Command::new(&self.qemu.binary);
+        let mut c = Cmd::program(&self.qemu.binary);
         // QEMU dies with kiln: a killed `kiln run` must not leave a guest running.
-        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            c.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        c.kill_with_parent();
         let machine = self.machine.as_deref().unwrap_or(&self.qemu.machine);
         c.args(["-machine", &format!("{machine},accel={accel}")]);
         c.args(["-m", &self.qemu.memory_mib.to_string()]);
@@ -186,7 +181,7 @@ impl Vm {
             c.arg("-snapshot");
         }
         if self.firmware == Firmware::Uefi {
-            kiln_fs::tools::require(&self.qemu.ovmf_code)?;
+            kiln_host::tools::require_named(&self.qemu.ovmf_code)?;
             let vars = vars.context("UEFI needs a variable store")?;
             c.args([
                 "-drive",
@@ -218,7 +213,7 @@ impl Vm {
                 ),
             ]);
             // SCSI disks need their host adapter: virtio-scsi, VMware's pvscsi, LSI.
-            let mut scsi_on = |ctl: &'static str, c: &mut Command| {
+            let mut scsi_on = |ctl: &'static str, c: &mut Cmd| {
                 if !controllers.contains(&ctl) {
                     c.args(["-device", &format!("{ctl},id={}", ctl.replace('-', "_"))]);
                     controllers.push(ctl);
@@ -262,8 +257,8 @@ impl Vm {
         let vars = self.vars_copy(dir.path())?;
         // The serial console and the monitor muxed on stdio: Ctrl-a x quits, Ctrl-a c is the
         // monitor.
-        let mut c = self.command(vars.as_deref(), "mon:stdio")?;
-        c.status().context("cannot start QEMU")
+        let mut child = self.command(vars.as_deref(), "mon:stdio")?.spawn()?;
+        child.wait().context("cannot wait for QEMU")
     }
 
     /// Boots headless until `stop` matches a console line (or the guest exits, or `timeout`).
@@ -280,7 +275,7 @@ impl Vm {
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = ChildGuard(c.spawn().context("cannot start QEMU")?);
+        let mut child = ChildGuard(c.spawn()?);
         let stdout = child.0.stdout.take().expect("piped");
         let rx = console_lines(stdout);
         let deadline = Instant::now() + timeout;
@@ -366,5 +361,78 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(binary: &str, disk: &Path) -> Vm {
+        Vm {
+            qemu: QemuDef {
+                binary: binary.into(),
+                machine: "q35".into(),
+                memory_mib: 512,
+                cpu: Some("max".into()),
+                disk: "virtio-blk-pci".into(),
+                ovmf_code: "/nonexistent/OVMF_CODE.fd".into(),
+                ovmf_vars: "/nonexistent/OVMF_VARS.fd".into(),
+            },
+            machine: None,
+            nic: "virtio-net-pci".into(),
+            firmware: Firmware::Bios,
+            accel: Accel::Tcg,
+            disks: vec![Disk {
+                path: disk.to_path_buf(),
+                format: "raw".into(),
+                interface: "pvscsi".into(),
+                read_only: true,
+            }],
+            snapshot: true,
+            no_reboot: true,
+        }
+    }
+
+    #[test]
+    fn command_line_follows_the_board_and_disks() {
+        if kiln_host::tools::find(kiln_host::tools::QEMU_SYSTEM_X86_64).is_none() {
+            eprintln!("skipped: qemu-system-x86_64 is not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let c = vm("qemu-system-x86_64", &disk)
+            .command(None, "stdio")
+            .unwrap()
+            .describe();
+        assert!(c.starts_with("qemu-system-x86_64 -machine q35,accel=tcg -m 512 -cpu max "));
+        assert!(c.contains(" -no-reboot -snapshot "), "{c}");
+        assert!(
+            c.contains(&format!(
+                "-drive file={},format=raw,if=none,id=d0,readonly=on -device pvscsi,id=pvscsi -device scsi-hd,drive=d0,bus=pvscsi.0",
+                disk.display()
+            )),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn a_missing_qemu_or_firmware_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let e = vm("qemu-system-kiln-missing", &disk)
+            .command(None, "stdio")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("qemu-system-kiln-missing"), "{e}");
+        if kiln_host::tools::find(kiln_host::tools::QEMU_SYSTEM_X86_64).is_some() {
+            let mut v = vm("qemu-system-x86_64", &disk);
+            v.firmware = Firmware::Uefi;
+            let e = v.command(None, "stdio").unwrap_err().to_string();
+            assert!(e.contains("/nonexistent/OVMF_CODE.fd"), "{e}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kiln_fs::stage::overlay_mode;
+pub use kiln_fs::stage::overlay_mode;
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
 

@@ -199,7 +199,7 @@ pub fn promote(
         }
         None => None,
     };
-    let (digests_sha256, _) = kiln_formats::hash_file(&rel_dir.join(DIGESTS))?;
+    let digests_sha256 = kiln_host::hash::sha256_file(&rel_dir.join(DIGESTS))?;
     let seq = current.as_ref().map_or(1, |c| c.seq + 1);
     let mut history = Vec::new();
     if let Some(c) = &current {

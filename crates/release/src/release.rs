@@ -97,7 +97,7 @@ pub fn hash_files(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
                 if i >= files.len() {
                     break;
                 }
-                let r = kiln_formats::hash_file(&files[i]);
+                let r = kiln_host::hash::sha256_sha512_file(&files[i]);
                 results.lock().expect("results")[i] = Some(r);
             });
         }
@@ -125,7 +125,7 @@ pub fn release_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
-    kiln_formats::write_file_atomic(&dir.join(name), text.as_bytes(), 0o644)
+    kiln_host::atomic::write_file_atomic(&dir.join(name), text.as_bytes(), 0o644)
 }
 
 /// Adds version.txt, packages.txt, manifest.json, DIGESTS and DIGESTS.minisig to `dir`, which
@@ -181,7 +181,7 @@ pub fn finish(dir: &Path, info: &ReleaseInfo, key: &SigningKey) -> Result<Manife
     };
     let json = serde_json::to_string_pretty(&manifest)? + "\n";
     write(dir, MANIFEST, &json)?;
-    let (m256, m512) = kiln_formats::hash_file(&dir.join(MANIFEST))?;
+    let (m256, m512) = kiln_host::hash::sha256_sha512_file(&dir.join(MANIFEST))?;
     let mut entries: Vec<Entry> = manifest
         .artifacts
         .iter()

@@ -127,7 +127,7 @@ pub fn produce(
                     ovmf_vars: r.board.qemu.ovmf_vars.clone(),
                     ssh_port: 2222,
                 });
-                fmt::write_file_atomic(&path, text.as_bytes(), 0o755)?;
+                kiln_host::atomic::write_file_atomic(&path, text.as_bytes(), 0o755)?;
                 path
             }
             Sidecar::Vmx => {
@@ -143,7 +143,7 @@ pub fn produce(
                     firmware_efi: uefi,
                     guest_os: vm.guest_os.clone(),
                 });
-                fmt::write_file_atomic(&path, text.as_bytes(), 0o644)?;
+                kiln_host::atomic::write_file_atomic(&path, text.as_bytes(), 0o644)?;
                 path
             }
             Sidecar::Ova => {

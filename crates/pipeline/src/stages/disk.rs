@@ -76,16 +76,11 @@ pub fn write(
         parts.push((bb.number, core_path));
         boot_code = Some(grub::bios_boot_code(lba)?);
     }
-    let dir = image.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            image.file_name().unwrap_or_default().to_string_lossy()
-        ))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let f = tmp.as_file();
+    let tmp = kiln_host::atomic::Staged::new(image)?;
+    let f = &std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp.path())
+        .with_context(|| format!("cannot open {}", tmp.path().display()))?;
     f.set_len(plan.disk_size_bytes)?;
     let mut w = f;
     plan.gpt.write(&mut w, boot_code.as_deref())?;
@@ -95,8 +90,8 @@ pub fn write(
             .with_context(|| format!("partition {number} not planned"))?;
         kiln_disk::copy_sparse(src, f, p.offset_bytes, p.size_bytes, &p.label)?;
     }
-    f.sync_all()?;
-    tmp.persist(image)
+    // 0600, the mode the disk image had when it was a tempfile.
+    tmp.commit(0o600)
         .with_context(|| format!("cannot write {}", image.display()))?;
     Ok(plan.disk_size_bytes)
 }

@@ -3,10 +3,9 @@
 //! chroot before apt runs and collected back afterwards, so a second build downloads nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result};
-use kiln_fs::{cmd, tools};
+use kiln_host::{tools::MMDEBSTRAP, Cmd};
 use kiln_recipe::Packages;
 
 use super::Stage;
@@ -81,8 +80,9 @@ const SETUP_HOOK: &str = r#"mkdir -p "$1/var/cache/apt/archives" && for f in "$K
 
 impl Bootstrap<'_> {
     pub fn run(&self, target: &Path, log: &Path) -> Result<()> {
-        let mm = tools::require("mmdebstrap")?;
-        let mut c = Command::new(mm);
+        let mut c = Cmd::new(MMDEBSTRAP);
+        // mmdebstrap runs the maintainer scripts: they see only the scrubbed environment
+        // (PATH, HOME, TMPDIR, locale, proxies) and these.
         c.env("SOURCE_DATE_EPOCH", self.epoch.to_string())
             .env("KILN_DEB_CACHE", self.deb_cache)
             // Verbose: apt's own lines (what it fetched) go to the stage log.
@@ -110,7 +110,8 @@ impl Bootstrap<'_> {
         for m in &self.packages.mirrors {
             c.arg(m);
         }
-        cmd::run_logged(&mut c, log).context("mmdebstrap could not build the package tree")?;
+        c.what("build the package tree with mmdebstrap")
+            .run_logged(log)?;
         // apt's binary caches record the build directory; apt regenerates them on demand.
         for f in ["pkgcache.bin", "srcpkgcache.bin"] {
             let p = target.join("var/cache/apt").join(f);
