@@ -86,6 +86,82 @@ fn payload_is_built_signed_and_described() {
     assert!(text(&o).contains("verified"), "{}", text(&o));
 }
 
+/// `kiln update create` writes payloads as `kiln build` does: given the build's own sections
+/// (USR-A's bytes, and the kernel and initramfs copied out of the ESP with mtools) and header
+/// fields, it makes the build's payload byte for byte.
+#[test]
+fn update_create_makes_the_builds_payload_byte_for_byte() {
+    let built = minimal_out().join("minimal_update.payload");
+    let o = kiln(&["update", "show", built.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let img = minimal_image();
+    let (usr_off, _) = part(img, 3);
+    let usr = d.path().join("usr.img");
+    let usr_size = h["sections"][0]["size"].as_u64().unwrap();
+    let st = std::process::Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", usr.display()))
+        .args(["bs=1M", "iflag=skip_bytes,count_bytes", "status=none"])
+        .arg(format!("skip={usr_off}"))
+        .arg(format!("count={usr_size}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let esp = d.path().join("esp.img");
+    extract_partition(img, 1, &esp);
+    for (from, to) in [("kiln/vmlinuz-a", "vmlinuz"), ("kiln/initrd-a", "initrd")] {
+        tool(
+            "mcopy",
+            &[
+                "-i",
+                esp.to_str().unwrap(),
+                &format!("::{from}"),
+                d.path().join(to).to_str().unwrap(),
+            ],
+        );
+    }
+    let out = d.path().join("again.payload");
+    let field = |k: &str| h[k].as_str().unwrap().to_string();
+    let key = cache_dir().join("keys/INSECURE-kiln-development-key.pem");
+    let o = kiln(&[
+        "update",
+        "create",
+        "-o",
+        out.to_str().unwrap(),
+        "--usr",
+        usr.to_str().unwrap(),
+        "--kernel",
+        d.path().join("vmlinuz").to_str().unwrap(),
+        "--initramfs",
+        d.path().join("initrd").to_str().unwrap(),
+        "--board",
+        &field("board"),
+        "--arch",
+        &field("arch"),
+        "--os-version",
+        &field("version"),
+        "--os-id",
+        &field("os-id"),
+        "--os-name",
+        &field("os-name"),
+        "--created",
+        &h["created"].to_string(),
+        "--usr-fs",
+        h["sections"][0]["detail"].as_str().unwrap(),
+        "--kernel-version",
+        h["sections"][1]["detail"].as_str().unwrap(),
+        "--signing-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&built).unwrap(),
+        "kiln update create wrote other bytes than kiln build for the same sections"
+    );
+}
+
 #[test]
 fn build_without_key_makes_no_payload_and_says_so() {
     let scratch = tempfile::tempdir_in(test_dir()).unwrap();

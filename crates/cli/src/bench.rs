@@ -1,5 +1,7 @@
-//! `kiln bench`: build a recipe cold (empty caches), warm (downloaded packages kept, stages
-//! dropped) and fully cached, and print the time and peak memory of every stage.
+//! `kiln bench`: figures measured with their baselines in the same run. `build`: a recipe
+//! cold (empty caches), warm (downloaded packages kept, stages dropped) and fully cached, with
+//! the time and peak memory of every stage; `platforms`, `update`, `kernel` and `verify`: see
+//! each.
 
 use std::path::PathBuf;
 
@@ -8,9 +10,42 @@ use kiln_host::tools::{CP, SHA256SUM, XZ};
 use kiln_host::Cmd;
 use kiln_pipeline::{BuildOptions, BuildOutput, CacheDirs};
 
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// The board image cold (empty caches), warm (downloaded packages kept, every stage
+    /// dropped) and fully cached, with the time and peak memory of every stage.
+    Build(Common),
+    /// One platform against all of the recipe's, each from a cache holding only the
+    /// downloaded packages.
+    Platforms {
+        #[command(flatten)]
+        common: Common,
+        /// The single platform.
+        #[arg(long, default_value = "qemu", value_name = "NAME")]
+        one: String,
+    },
+    /// The update payload: its creation (cold xz), its size against the USR image, and an
+    /// offline apply to the board image against `xz -dc` of the same body.
+    Update(Common),
+    /// A kernel built from source (the recipe must have kernel.source; default
+    /// recipes/source-kernel.toml): a full build of the kernel stage, then an unchanged
+    /// rebuild straight from the cache.
+    Kernel(Common),
+    /// `kiln verify` of a release directory against `sha256sum` of the same files (best of
+    /// three each).
+    Verify {
+        /// A release directory (<out>/<board>/<version>).
+        dir: PathBuf,
+        /// The public key to verify with.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+/// What every benchmark that builds takes.
 #[derive(clap::Args)]
-pub struct BenchArgs {
-    /// Recipe to build [default: recipes/minimal.toml]
+pub struct Common {
+    /// Recipe to build [default: recipes/minimal.toml; recipes/source-kernel.toml for kernel]
     recipe: Option<PathBuf>,
     /// Directory for the benchmark's own caches and images [default: a temporary directory]
     #[arg(long, value_name = "DIR")]
@@ -18,31 +53,16 @@ pub struct BenchArgs {
     /// The static kiln-agent binary [default: $KILN_AGENT, else next to kiln]
     #[arg(long, value_name = "FILE")]
     agent: Option<PathBuf>,
-    /// Compare one platform with all of the recipe's, from the same warm cache (packages
-    /// downloaded, every stage rebuilt), instead of the cold/warm board-image benchmark.
-    #[arg(long)]
-    platforms: bool,
-    /// Time the update payload instead: its creation (cold xz), its size against the USR
-    /// image, and an offline apply to the board image against `xz -dc` of the same body.
-    #[arg(long, conflicts_with = "platforms")]
-    update: bool,
-    /// Time a kernel built from source instead (the recipe must have kernel.source; default
-    /// recipes/source-kernel.toml): a full build of the kernel stage, then an unchanged
-    /// rebuild straight from the cache.
-    #[arg(long, conflicts_with_all = ["platforms", "update"])]
-    kernel: bool,
-    /// Time `kiln verify` of this release directory against `sha256sum` of the same files
-    /// (best of three each); needs --key.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["platforms", "update", "kernel"])]
-    verify: Option<PathBuf>,
-    /// The public key for --verify.
-    #[arg(long, value_name = "FILE", requires = "verify")]
-    key: Option<PathBuf>,
-    /// The single platform of --platforms.
-    #[arg(long, default_value = "qemu", value_name = "NAME")]
-    one: String,
     #[command(flatten)]
     recipe_args: crate::RecipeArgs,
+}
+
+impl Common {
+    fn recipe(&self, default: &str) -> PathBuf {
+        self.recipe
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(default))
+    }
 }
 
 fn max_rss_kib(who: i32) -> u64 {
@@ -52,35 +72,41 @@ fn max_rss_kib(who: i32) -> u64 {
     ru.ru_maxrss.max(0) as u64
 }
 
-pub fn bench(a: BenchArgs) -> Result<i32> {
-    let recipe = a.recipe.unwrap_or_else(|| {
-        PathBuf::from(if a.kernel {
-            "recipes/source-kernel.toml"
-        } else {
-            "recipes/minimal.toml"
-        })
-    });
-    if let Some(dir) = &a.verify {
-        let key = a
-            .key
-            .as_deref()
-            .context("--verify needs --key PUBLIC_KEY")?;
-        return bench_verify(dir, key);
+pub fn bench(cmd: BenchCmd) -> Result<i32> {
+    let minimal = "recipes/minimal.toml";
+    match cmd {
+        BenchCmd::Verify { dir, key } => bench_verify(&dir, &key),
+        BenchCmd::Kernel(c) => {
+            let agent = crate::find_agent(c.agent.clone())?;
+            let recipe = c.recipe("recipes/source-kernel.toml");
+            bench_kernel(&recipe, &c.recipe_args, &agent, c.work_dir)
+        }
+        BenchCmd::Platforms { common: c, one } => {
+            let agent = crate::find_agent(c.agent.clone())?;
+            bench_platforms(&c.recipe(minimal), &c.recipe_args, &agent, c.work_dir, &one)
+        }
+        BenchCmd::Update(c) => {
+            let agent = crate::find_agent(c.agent.clone())?;
+            bench_update(&c.recipe(minimal), &c.recipe_args, &agent, c.work_dir)
+        }
+        BenchCmd::Build(c) => {
+            let agent = crate::find_agent(c.agent.clone())?;
+            bench_build(&c.recipe(minimal), &c.recipe_args, &agent, c.work_dir)
+        }
     }
-    let agent = crate::find_agent(a.agent)?;
-    if a.kernel {
-        return bench_kernel(&recipe, &a.recipe_args, &agent, a.work_dir);
-    }
-    if a.platforms {
-        return bench_platforms(&recipe, &a.recipe_args, &agent, a.work_dir, &a.one);
-    }
-    if a.update {
-        return bench_update(&recipe, &a.recipe_args, &agent, a.work_dir);
-    }
+}
+
+/// Cold, warm and fully cached builds of the board image.
+fn bench_build(
+    recipe: &std::path::Path,
+    args: &crate::RecipeArgs,
+    agent: &std::path::Path,
+    work_dir: Option<PathBuf>,
+) -> Result<i32> {
     // The board image alone: the first bootable image, without platform artifacts.
     let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
-    let resolved = crate::load_with(&recipe, &a.recipe_args, none)?;
-    let work = match a.work_dir {
+    let resolved = crate::load_with(recipe, args, none)?;
+    let work = match work_dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
             tempfile::tempdir_in(d)?
@@ -93,7 +119,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
         Ok(BuildOptions {
             cache: CacheDirs::new(cache_root.clone())?,
             output_dir: tmp.join(out),
-            agent: agent.clone(),
+            agent: agent.to_path_buf(),
             rebuild: false,
             keep_raw: false,
             signing: None,

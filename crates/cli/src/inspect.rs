@@ -1,10 +1,10 @@
 //! `kiln inspect`: the partition table as kiln reads it, and which USR slot would boot.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_disk::{type_name, Gpt};
-use kiln_host::qemu_img;
+use kiln_formats::{ImageFormat, SparseView};
 use kiln_update::state::{Choice, SlotState};
 use serde::Serialize;
 
@@ -47,56 +47,20 @@ fn size(b: u64) -> String {
     }
 }
 
-/// The sectors that hold the GPT (the first 34 and the last 33) of a qcow2, vmdk or vhd image,
-/// read by qemu-img and laid out in a sparse file of the image's virtual size.
-fn gpt_sectors_of(image: &Path, format: &str, dir: &Path) -> Result<PathBuf> {
-    let size = qemu_img::info(image, format)?.virtual_size;
-    let sectors = size / 512;
-    if sectors < 68 {
-        anyhow::bail!(
-            "{} is too small ({size} bytes) to hold a GPT",
-            image.display()
-        );
-    }
-    let out = dir.join("gpt.raw");
-    let f = std::fs::File::create(&out)?;
-    f.set_len(size)?;
-    // qemu-img dd counts `count` from the start of the image, skipped blocks included.
-    for (skip, count) in [(0, 34), (sectors - 33, sectors)] {
-        copy_sectors(image, format, &f, skip, count, dir)?;
-    }
-    Ok(out)
-}
-
-/// Copies sectors `skip..count` of a qcow2/vmdk/vhd image to the same place in `to`.
-fn copy_sectors(
-    image: &Path,
-    format: &str,
-    to: &std::fs::File,
-    skip: u64,
-    count: u64,
-    dir: &Path,
-) -> Result<()> {
-    let part = dir.join(format!("part-{skip}.raw"));
-    qemu_img::dd(image, format, &part, 512, skip, count)?;
-    let data = std::fs::read(&part)?;
-    use std::os::unix::fs::FileExt;
-    to.write_all_at(&data, skip * 512)?;
-    std::fs::remove_file(&part)?;
-    Ok(())
-}
-
 pub fn inspect(image: &Path, json: bool) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let format = crate::run::detect_format(image)?;
-    let source = match format {
-        "raw" => image.to_path_buf(),
-        "qcow2" | "vmdk" | "vpc" => gpt_sectors_of(image, format, tmp.path())?,
+    let format = ImageFormat::detect(image)?;
+    let view = match format {
+        ImageFormat::Raw => None,
+        ImageFormat::Qcow2 | ImageFormat::Vmdk | ImageFormat::Vhd => {
+            Some(SparseView::gpt(image, format, tmp.path())?)
+        }
         other => anyhow::bail!(
             "{} is {other}-compressed: unpack it first (kiln inspect reads raw, qcow2, vmdk and vhd)",
             image.display()
         ),
     };
+    let source = view.as_ref().map_or(image, |v| v.path()).to_path_buf();
     let mut f =
         std::fs::File::open(&source).with_context(|| format!("cannot open {}", image.display()))?;
     let len = f.metadata()?.len();
@@ -121,15 +85,8 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
     let esp = gpt
         .partitions()
         .find(|(_, e)| type_name(&e.type_guid) == Some("efi-system"));
-    if let (Some((_, e)), true) = (esp, source != image) {
-        copy_sectors(
-            image,
-            format,
-            &std::fs::OpenOptions::new().write(true).open(&source)?,
-            e.first_lba,
-            e.last_lba + 1,
-            tmp.path(),
-        )?;
+    if let (Some((_, e)), Some(v)) = (esp, &view) {
+        v.copy(e.first_lba, e.last_lba + 1)?;
     }
     let (slots, slots_error) =
         match kiln_update::apply::Disk::open(&source, false).and_then(|d| d.state()) {
@@ -138,7 +95,7 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         };
     let next = slots.as_ref().and_then(|s| s.next_boot());
     let report = Report {
-        format: if format == "vpc" { "vhd" } else { format }.to_string(),
+        format: format.to_string(),
         image: image.display().to_string(),
         disk_size: len,
         disk_guid: gpt.disk_guid.to_string(),

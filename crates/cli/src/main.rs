@@ -1,6 +1,7 @@
 //! `kiln`: build immutable Linux OS images in the CoreOS style from TOML recipes.
 
 mod bench;
+mod build;
 mod inspect;
 mod kernel;
 mod release;
@@ -41,50 +42,7 @@ enum Cmd {
     ///
     /// Stages (packages, kernel, initramfs, filesystems, GRUB) are cached by the hash of their
     /// inputs under the cache directory; downloaded .deb files are kept there too.
-    Build {
-        /// Recipe file [default: recipes/minimal.toml]
-        recipe: Option<PathBuf>,
-        /// Where the image is written.
-        #[arg(short, long, default_value = "out", value_name = "DIR")]
-        output: PathBuf,
-        /// Cache for packages and stage outputs [default: $KILN_CACHE_DIR, else
-        /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln]
-        #[arg(long, value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
-        /// The static kiln-agent binary [default: $KILN_AGENT, else next to kiln]
-        #[arg(long, value_name = "FILE")]
-        agent: Option<PathBuf>,
-        /// Rebuild every stage even if cached (downloaded packages are still reused).
-        #[arg(long)]
-        rebuild: bool,
-        /// Print the build result as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Also keep each platform's raw disk as <recipe>_<platform>_image.raw (for checks).
-        #[arg(long)]
-        keep_raw: bool,
-        /// Platforms to build: comma-separated names, `all` or `none` (only the board image)
-        /// [default: the recipe's list]
-        #[arg(long, value_name = "NAMES")]
-        platform: Option<kiln_recipe::PlatformSelection>,
-        /// An official release: the version has no + suffix, and the artifacts, payload,
-        /// version.txt, packages.txt, manifest.json, DIGESTS and its signature go to
-        /// <output>/<board>/<version>/ (needs a signing key).
-        #[arg(long)]
-        release: bool,
-        /// The update channel the image is built for [default: alpha with --release, else
-        /// developer]
-        #[arg(long, value_name = "NAME")]
-        channel: Option<String>,
-        /// Build twice (the second time every stage again, into a temporary directory) and
-        /// compare every output byte; names the first differing file and offset.
-        #[arg(long, conflicts_with = "release")]
-        check_reproducible: bool,
-        #[command(flatten)]
-        signing: update::SigningArgs,
-        #[command(flatten)]
-        recipe_args: RecipeArgs,
-    },
+    Build(build::BuildArgs),
     /// Verify a release directory: the signature over DIGESTS, then every file's SHA-256 and
     /// SHA-512; names each file missing, extra or altered.
     Verify(release::VerifyArgs),
@@ -109,9 +67,9 @@ enum Cmd {
     /// Exits when the guest powers off (Ctrl-a x quits QEMU). With --until-ready it boots
     /// headless, prints the console, and exits 0 once the image prints its ready line.
     Run(run::RunArgs),
-    /// Benchmark a build: cold (empty caches), warm (packages cached) and fully cached, with
-    /// the time and peak memory of every stage.
-    Bench(bench::BenchArgs),
+    /// Benchmarks: each prints its figures with their baselines from the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Kernel configurations: check one against the platforms' requirements.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
@@ -160,112 +118,7 @@ fn main() {
 
 fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Build {
-            recipe,
-            output,
-            cache_dir,
-            agent,
-            rebuild,
-            json,
-            keep_raw,
-            platform,
-            release: is_release,
-            channel,
-            check_reproducible,
-            signing,
-            recipe_args,
-        } => {
-            let recipe = recipe.unwrap_or_else(|| PathBuf::from("recipes/minimal.toml"));
-            let resolved = load_opts(&recipe, &recipe_args, platform, is_release, channel)?;
-            let agent = find_agent(agent)?;
-            let cache = kiln_pipeline::CacheDirs::new(
-                cache_dir.unwrap_or_else(kiln_pipeline::CacheDirs::default_root),
-            )?;
-            let signing = signing.resolve(&cache.root)?;
-            let release_key = signing.as_ref().map(|s| s.key.clone());
-            if is_release && release_key.is_none() {
-                anyhow::bail!(
-                    "a release is signed: give --signing-key FILE (or KILN_SIGNING_KEY, or the PEM \
-                     text in KILN_SIGNING_KEY_PEM)"
-                );
-            }
-            let (release_dir, output_dir) = if is_release {
-                let (d, s) = release::prepare(&output, &resolved)?;
-                (Some(d), s)
-            } else {
-                (None, output.clone())
-            };
-            let opts = kiln_pipeline::BuildOptions {
-                cache,
-                output_dir: output_dir.clone(),
-                agent,
-                rebuild,
-                keep_raw,
-                signing,
-            };
-            let built = kiln_pipeline::build(&resolved, &opts);
-            if built.is_err() && is_release {
-                let _ = std::fs::remove_dir_all(&output_dir);
-            }
-            let out = built?;
-            if check_reproducible {
-                return repro::check(&resolved, &opts, &out);
-            }
-            if let (Some(dir), Some(key)) = (&release_dir, &release_key) {
-                let m =
-                    release::finish(&resolved, &out, key, &output_dir, dir).inspect_err(|_| {
-                        let _ = std::fs::remove_dir_all(&output_dir);
-                    })?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&m)?);
-                } else {
-                    println!("{}", dir.display());
-                    eprintln!(
-                        "release {} of {} for {} (channel {}): {} files, signed by key {}",
-                        m.version,
-                        m.name,
-                        m.board,
-                        m.channel,
-                        m.artifacts.len() + 1,
-                        m.signing_key_id
-                    );
-                }
-                return Ok(0);
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                for s in &out.stages {
-                    eprintln!(
-                        "  {:<10} {:>7.2} s  {}{}",
-                        s.stage,
-                        s.seconds,
-                        if s.cached { "cached" } else { "built" },
-                        if s.tool_peak_rss_kib > 0 {
-                            format!("  peak {} MiB", s.tool_peak_rss_kib / 1024)
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-                println!("{}", out.image.display());
-                for a in &out.artifacts {
-                    println!("{}", a.display());
-                }
-                match &out.payload {
-                    Some(p) => println!("{}", p.display()),
-                    None => eprintln!("no update payload: no signing key (give --signing-key FILE, or --dev-key for an insecure development key)"),
-                }
-                eprintln!(
-                    "built {} ({} MiB, kernel {}) in {:.1} s",
-                    out.image.display(),
-                    out.image_size / (1024 * 1024),
-                    out.kernel_version,
-                    out.seconds
-                );
-            }
-            Ok(0)
-        }
+        Cmd::Build(a) => build::build(a),
         Cmd::Validate {
             recipe,
             recipe_args,
@@ -369,4 +222,25 @@ pub(crate) fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
          or pass --agent FILE"
             .to_string()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/cli.md is the reference clap makes from the command's own definitions: every
+    /// command, argument and default as `kiln --help` has them.
+    #[test]
+    fn cli_reference_is_current() {
+        let md = clap_markdown::help_markdown::<super::Cli>();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+        if std::env::var_os("KILN_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &md).unwrap();
+            return;
+        }
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            doc == md,
+            "docs/cli.md is not the reference the command defines: regenerate it with \
+             KILN_UPDATE_DOCS=1 cargo test -p kiln-cli cli_reference"
+        );
+    }
 }

@@ -1,86 +1,9 @@
-//! `kiln build --release`, `kiln verify`, `kiln release promote|status`.
+//! `kiln verify` and `kiln release promote|status` (a release build is `kiln build --release`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kiln_release::{channel, release, sign, verify};
-
-/// Where a release goes: `<out>/<board>/<version>/`; refuses one that exists (a release is
-/// never rewritten) and returns (final directory, staging directory beside it).
-pub fn prepare(out: &Path, r: &kiln_recipe::Resolved) -> Result<(PathBuf, PathBuf)> {
-    let board_dir = out.join(&r.board.name);
-    let dir = board_dir.join(&r.os.version);
-    if dir.exists() {
-        bail!(
-            "release {} of board {} already exists at {}: a release is never rebuilt in place \
-             (bump the version, or remove it)",
-            r.os.version,
-            r.board.name,
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(&board_dir)
-        .with_context(|| format!("cannot create {}", board_dir.display()))?;
-    // What a killed release build left.
-    for e in std::fs::read_dir(&board_dir)?.flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(&format!(".{}.partial-", r.os.version))
-        {
-            std::fs::remove_dir_all(e.path())?;
-        }
-    }
-    let staging = board_dir.join(format!(".{}.partial-{}", r.os.version, std::process::id()));
-    Ok((dir, staging))
-}
-
-/// Turns a finished build in `staging` into the signed release `dir`.
-pub fn finish(
-    r: &kiln_recipe::Resolved,
-    out: &kiln_pipeline::BuildOutput,
-    key: &kiln_update::SigningKey,
-    staging: &Path,
-    dir: &Path,
-) -> Result<release::Manifest> {
-    // The board image is the uncompressed disk every platform artifact is made from; the
-    // release ships the artifacts (metal's is the same disk, compressed).
-    std::fs::remove_file(&out.image)
-        .with_context(|| format!("cannot remove {}", out.image.display()))?;
-    let info = release::ReleaseInfo {
-        name: r.name.clone(),
-        os_id: r.os.id.clone(),
-        board: r.board.name.clone(),
-        version: r.os.version.clone(),
-        version_id: r.os.version_id.clone(),
-        channel: r.os.channel.clone(),
-        recipe_hash: out.recipe_hash.clone(),
-        source_date_epoch: r.source_date_epoch,
-        version_txt: r.version_txt(),
-        payload: out
-            .payload
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned()),
-        kernel: release::Kernel {
-            version: out.kernel_version.clone(),
-            config_sha256: out.kernel_config_sha256.clone(),
-        },
-        packages: out
-            .packages
-            .iter()
-            .map(|p| release::Package {
-                name: p.name.clone(),
-                version: p.version.clone(),
-                arch: p.arch.clone(),
-            })
-            .collect(),
-        tools: out.tools.clone(),
-    };
-    let m = release::finish(staging, &info, key)?;
-    std::fs::rename(staging, dir)
-        .with_context(|| format!("cannot move the release into place at {}", dir.display()))?;
-    Ok(m)
-}
+use kiln_release::{channel, sign, verify};
 
 /// A public key for verifying: a public key file (minisign or PEM), or the public half of a
 /// signing key (--signing-key, KILN_SIGNING_KEY, KILN_SIGNING_KEY_PEM).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kiln_host::{tools::TAR, Cmd};
+use kiln_formats::ImageFormat;
 use kiln_qemu::{Accel, Disk, Vm};
 use kiln_recipe::Firmware;
 
@@ -55,95 +55,6 @@ fn parse_firmware(s: &str) -> Result<Firmware, String> {
         "uefi" => Ok(Firmware::Uefi),
         _ => Err(format!("unknown firmware `{s}`; use bios or uefi")),
     }
-}
-
-/// QEMU's format name for an image file, from its first bytes (and the VHD footer).
-pub fn detect_format(path: &Path) -> Result<&'static str> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut head = [0u8; 512];
-    let n = f.read(&mut head)?;
-    let head = &head[..n];
-    if head.starts_with(b"QFI\xfb") {
-        return Ok("qcow2");
-    }
-    if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
-        return Ok("vmdk");
-    }
-    if head.starts_with(b"conectix") {
-        return Ok("vpc");
-    }
-    let len = f.metadata()?.len();
-    if len >= 512 {
-        let mut tail = [0u8; 8];
-        f.seek(SeekFrom::Start(len - 512))?;
-        f.read_exact(&mut tail)?;
-        if &tail == b"conectix" {
-            return Ok("vpc");
-        }
-    }
-    if head.starts_with(b"\xfd7zXZ\0") {
-        return Ok("xz");
-    }
-    if head.starts_with(b"\x1f\x8b") {
-        return Ok("gzip");
-    }
-    Ok("raw")
-}
-
-/// Unpacks a platform's packed disk (.xz, GCE .tar.gz) into `dir`; returns the raw file.
-pub fn unpack(image: &Path, kind: &str, dir: &Path) -> Result<PathBuf> {
-    let raw = dir.join("disk.raw");
-    match kind {
-        "xz" => {
-            use std::io::{Read, Write};
-            let f = std::fs::File::open(image)?;
-            // Multi-stream: kiln writes one .xz stream per chunk.
-            let mut dec = xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(f));
-            let mut out = std::fs::File::create(&raw)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut len = 0u64;
-            loop {
-                let mut n = 0;
-                while n < buf.len() {
-                    let k = dec
-                        .read(&mut buf[n..])
-                        .with_context(|| format!("cannot decompress {}", image.display()))?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                }
-                if n == 0 {
-                    break;
-                }
-                // Leave zeros as holes.
-                if buf[..n].iter().any(|&b| b != 0) {
-                    use std::os::unix::fs::FileExt;
-                    out.write_all_at(&buf[..n], len)?;
-                }
-                len += n as u64;
-            }
-            out.set_len(len)?;
-            out.flush()?;
-        }
-        "gzip" => {
-            Cmd::new(TAR)
-                .arg("-xzSf")
-                .arg(image)
-                .arg("-C")
-                .arg(dir)
-                .arg("disk.raw")
-                .what(format!(
-                    "unpack {}: is it a GCE tarball holding disk.raw?",
-                    image.display()
-                ))
-                .run()?;
-        }
-        other => bail!("cannot unpack {other}"),
-    }
-    Ok(raw)
 }
 
 fn board_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
@@ -200,14 +111,14 @@ pub fn run(a: RunArgs) -> Result<i32> {
     }
     let tmp = tempfile::tempdir()?;
     let mut image = a.image.clone();
-    let mut format = detect_format(&image)?;
-    if format == "xz" || format == "gzip" {
-        image = unpack(&a.image, format, tmp.path())?;
-        format = "raw";
+    let mut format = ImageFormat::detect(&image)?;
+    if format.is_packed() {
+        image = kiln_formats::unpack(&a.image, format, tmp.path())?;
+        format = ImageFormat::Raw;
     }
     let mut disks = vec![Disk {
         path: image,
-        format: format.into(),
+        format: format.qemu_name().unwrap_or("raw").into(),
         interface: a
             .disk
             .or(boot.as_ref().map(|b| b.disk.clone()))
@@ -307,15 +218,5 @@ mod tests {
             String::from_utf8_lossy(&o.stdout),
             "{\"uuid\": \"kiln-run\", \"hostname\": \"kiln\"}\n"
         );
-    }
-
-    #[test]
-    fn a_gzip_that_is_not_a_gce_tarball_is_named() {
-        let d = tempfile::tempdir().unwrap();
-        let bad = d.path().join("x.tar.gz");
-        std::fs::write(&bad, b"\x1f\x8b not really").unwrap();
-        let e = format!("{:#}", unpack(&bad, "gzip", d.path()).unwrap_err());
-        assert!(e.contains("is it a GCE tarball holding disk.raw?"), "{e}");
-        assert!(e.contains("exit status: 2"), "{e}");
     }
 }

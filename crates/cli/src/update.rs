@@ -6,11 +6,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use kiln_host::qemu_img;
+use kiln_formats::WorkingCopy;
 use kiln_update::apply::{self, Disk};
-use kiln_update::payload::{self, Meta, SectionName};
+use kiln_update::payload::{self, Meta};
 use kiln_update::state::Slot;
 use kiln_update::{keys, SigningKey, VerifyingKey};
 
@@ -151,38 +151,47 @@ pub enum UpdateCmd {
         tries: u8,
     },
     /// Make a payload from a USR image, a kernel and an initramfs (as `kiln build` does).
-    Create {
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        usr: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        kernel: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        initramfs: PathBuf,
-        #[arg(long)]
-        board: String,
-        #[arg(long, default_value = "amd64")]
-        arch: String,
-        #[arg(long = "os-version")]
-        version: String,
-        #[arg(long = "os-id", default_value = "kiln")]
-        os_id: String,
-        #[arg(long = "os-name", default_value = "Kiln")]
-        os_name: String,
-        /// Seconds since 1970 recorded as the payload's creation time [env: SOURCE_DATE_EPOCH]
-        #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 315532800)]
-        created: i64,
-        /// Signing key (PKCS#8 PEM, mode 0600) [env: KILN_SIGNING_KEY]
-        #[arg(long, value_name = "FILE", env = "KILN_SIGNING_KEY")]
-        signing_key: PathBuf,
-    },
+    Create(Box<CreateArgs>),
     /// Print a payload's header; with --key, also verify its signature and every byte.
     Show {
         payload: PathBuf,
         #[arg(long = "key", value_name = "FILE")]
         keys: Vec<PathBuf>,
     },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    usr: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    initramfs: PathBuf,
+    #[arg(long)]
+    board: String,
+    #[arg(long, default_value = "amd64")]
+    arch: String,
+    #[arg(long = "os-version")]
+    version: String,
+    #[arg(long = "os-id", default_value = "kiln")]
+    os_id: String,
+    #[arg(long = "os-name", default_value = "Kiln")]
+    os_name: String,
+    /// Seconds since 1970 recorded as the payload's creation time [env: SOURCE_DATE_EPOCH]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 315532800)]
+    created: i64,
+    /// Signing key (PKCS#8 PEM, mode 0600) [env: KILN_SIGNING_KEY]
+    #[arg(long, value_name = "FILE", env = "KILN_SIGNING_KEY")]
+    signing_key: PathBuf,
+    /// The USR image's filesystem, recorded in the header (as `kiln build` records it)
+    #[arg(long, value_name = "FS", default_value = "")]
+    usr_fs: String,
+    /// The kernel's version, recorded in the header
+    #[arg(long, value_name = "VERSION", default_value = "")]
+    kernel_version: String,
 }
 
 fn parse_slot(s: &str) -> Result<Slot, String> {
@@ -222,8 +231,8 @@ pub fn key(cmd: KeyCmd) -> Result<i32> {
 pub fn slot(cmd: SlotCmd) -> Result<i32> {
     match cmd {
         SlotCmd::Status { image, json } => {
-            let img = Image::open(&image)?;
-            let st = Disk::open(&img.raw, false)?.state()?;
+            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
+            let st = Disk::open(img.raw(), false)?.state()?;
             if json {
                 let v = serde_json::json!({
                     "image": image.display().to_string(),
@@ -237,14 +246,14 @@ pub fn slot(cmd: SlotCmd) -> Result<i32> {
             img.finish(false)?;
         }
         SlotCmd::SetNext { image, slot, tries } => {
-            let img = Image::open(&image)?;
-            let st = Disk::open(&img.raw, true)?.set_next(slot, tries)?;
+            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
+            let st = Disk::open(img.raw(), true)?.set_next(slot, tries)?;
             img.finish(true)?;
             print!("{st}");
         }
         SlotCmd::MarkGood { image, slot } => {
-            let img = Image::open(&image)?;
-            let disk = Disk::open(&img.raw, true)?;
+            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
+            let disk = Disk::open(img.raw(), true)?;
             let mut st = disk.state()?;
             let slot = match slot {
                 Some(s) => s,
@@ -287,8 +296,8 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
             let trusted = trusted(&key_files)?;
             let mut src = File::open(&pfile)
                 .with_context(|| format!("cannot open the payload {}", pfile.display()))?;
-            let img = Image::open(&image)?;
-            let disk = Disk::open(&img.raw, true)?;
+            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
+            let disk = Disk::open(img.raw(), true)?;
             // The slot kept is the fallback (the best slot that booted successfully), so an
             // untried update is what gets replaced, never the last known-good system.
             let active = disk
@@ -309,19 +318,22 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
             );
             print!("{}", applied.state);
         }
-        UpdateCmd::Create {
-            output,
-            usr,
-            kernel,
-            initramfs,
-            board,
-            arch,
-            version,
-            os_id,
-            os_name,
-            created,
-            signing_key,
-        } => {
+        UpdateCmd::Create(c) => {
+            let CreateArgs {
+                output,
+                usr,
+                kernel,
+                initramfs,
+                board,
+                arch,
+                version,
+                os_id,
+                os_name,
+                created,
+                signing_key,
+                usr_fs,
+                kernel_version,
+            } = *c;
             let key: SigningKey = keys::load_signing_key(&signing_key)?;
             let meta = Meta {
                 os_id,
@@ -331,12 +343,17 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
                 arch,
                 created,
             };
-            let sections = [
-                (SectionName::Usr, usr.as_path(), String::new()),
-                (SectionName::Kernel, kernel.as_path(), String::new()),
-                (SectionName::Initramfs, initramfs.as_path(), String::new()),
-            ];
-            let h = payload::create(&output, &meta, &sections, &key, &payload::xz_compress(1, 0))?;
+            // The build's own payload writer: the same files give the same bytes.
+            let h = kiln_pipeline::stages::payload::create(
+                &output,
+                &meta,
+                &usr,
+                (&kernel, &kernel_version),
+                &initramfs,
+                &usr_fs,
+                &key,
+                None,
+            )?;
             println!(
                 "{}: {} {} for {}, {} bytes compressed",
                 output.display(),
@@ -369,72 +386,4 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// An image file as a raw disk: the file itself, or a raw copy of a qcow2.
-struct Image {
-    orig: PathBuf,
-    raw: PathBuf,
-    qcow2_compat: Option<String>,
-    tmp: Option<tempfile::TempDir>,
-}
-
-impl Image {
-    fn open(path: &Path) -> Result<Self> {
-        match crate::run::detect_format(path)? {
-            "raw" => Ok(Self {
-                orig: path.to_path_buf(),
-                raw: path.to_path_buf(),
-                qcow2_compat: None,
-                tmp: None,
-            }),
-            "qcow2" => {
-                let compat = qemu_img::info(path, "qcow2")?
-                    .qcow2_compat()
-                    .unwrap_or("1.1")
-                    .to_string();
-                // Beside the image: same filesystem for the final rename, and no writes
-                // outside the directory the user pointed at.
-                let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-                let tmp = tempfile::Builder::new()
-                    .prefix(".kiln-image-")
-                    .tempdir_in(dir.unwrap_or(Path::new(".")))
-                    .context("cannot make a temporary directory beside the image")?;
-                let raw = tmp.path().join("disk.raw");
-                qemu_img::convert(path, "qcow2", &raw, "raw", None)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                Ok(Self {
-                    orig: path.to_path_buf(),
-                    raw,
-                    qcow2_compat: Some(compat),
-                    tmp: Some(tmp),
-                })
-            }
-            other => bail!(
-                "{} is {}: kiln slot and kiln update work on raw and qcow2 images (convert with qemu-img convert -O raw)",
-                path.display(),
-                if other == "vpc" { "a VHD" } else { other }
-            ),
-        }
-    }
-
-    /// For a changed qcow2: convert back and rename over the original.
-    fn finish(self, changed: bool) -> Result<()> {
-        let (Some(compat), Some(tmp), true) = (&self.qcow2_compat, &self.tmp, changed) else {
-            return Ok(());
-        };
-        let out = tmp.path().join("disk.qcow2");
-        qemu_img::convert(
-            &self.raw,
-            "raw",
-            &out,
-            "qcow2",
-            Some(&format!("compat={compat}")),
-        )
-        .context("cannot write the qcow2 image back")?;
-        File::open(&out)?.sync_all()?;
-        std::fs::rename(&out, &self.orig)
-            .with_context(|| format!("cannot replace {}", self.orig.display()))?;
-        Ok(())
-    }
 }

@@ -11,6 +11,7 @@
 pub mod digests;
 mod disk;
 mod gce;
+pub mod image;
 mod launch;
 pub mod options;
 mod ova;
@@ -22,6 +23,7 @@ mod xz;
 pub use digests::digests;
 pub use disk::{check_size, convert, move_raw, DiskFormat, Stamp, VHD_MAX_BYTES};
 pub use gce::{check_gce_size, gce_tarball};
+pub use image::{unpack, ImageFormat, SparseView, WorkingCopy};
 pub use launch::{qemu_launch_script, LaunchScriptInfo};
 pub use options::{
     Qcow2Compat, VhdSubformat, VmdkAdapter, VmdkSubformat, VmwareController, VmwareNic,

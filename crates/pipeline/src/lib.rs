@@ -248,7 +248,7 @@ fn payload(
     initramfs: &Built<stages::initramfs::InitramfsImage>,
 ) -> Result<Option<Built<stages::payload::PayloadFile>>> {
     let Some(sig) = &b.opts.signing else {
-        tracing::warn!("no signing key: no update payload is made, and the image trusts no update (give --signing-key FILE, or --dev-key for an insecure development key)");
+        tracing::warn!("no update payload: no signing key, so the image trusts no update (give --signing-key FILE, or --dev-key for an insecure development key)");
         return Ok(None);
     };
     b.run(&Payload {

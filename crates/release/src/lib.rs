@@ -4,4 +4,5 @@
 pub mod channel;
 pub mod release;
 pub mod sign;
+pub mod stage;
 pub mod verify;

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
 use kiln_formats::digests::{self, Entry};
+use kiln_pipeline::BuildOutput;
+use kiln_recipe::Resolved;
 use serde::{Deserialize, Serialize};
 
 pub const DIGESTS: &str = "DIGESTS";
@@ -17,13 +19,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub const VERSION_TXT: &str = "version.txt";
 pub const PACKAGES_TXT: &str = "packages.txt";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-}
+/// A package the image holds, as the build reports it.
+pub use kiln_pipeline::InstalledPackage as Package;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,23 +61,6 @@ pub struct Manifest {
 }
 
 pub const MANIFEST_FORMAT: u32 = 1;
-
-/// What a build tells the release about itself.
-pub struct ReleaseInfo {
-    pub name: String,
-    pub os_id: String,
-    pub board: String,
-    pub version: String,
-    pub version_id: String,
-    pub channel: String,
-    pub recipe_hash: String,
-    pub source_date_epoch: i64,
-    pub version_txt: String,
-    pub payload: Option<String>,
-    pub kernel: Kernel,
-    pub packages: Vec<Package>,
-    pub tools: BTreeMap<String, String>,
-}
 
 /// SHA-256 and SHA-512 of each file, files hashed in parallel (one per CPU).
 pub fn hash_files(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
@@ -131,10 +111,10 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
 /// Adds version.txt, packages.txt, manifest.json, DIGESTS and DIGESTS.minisig to `dir`, which
 /// holds the build's artifacts. The signature's timestamp is the build's SOURCE_DATE_EPOCH,
 /// so a repeated build signs the same bytes the same way.
-pub fn finish(dir: &Path, info: &ReleaseInfo, key: &SigningKey) -> Result<Manifest> {
-    write(dir, VERSION_TXT, &info.version_txt)?;
+pub fn finish(dir: &Path, r: &Resolved, out: &BuildOutput, key: &SigningKey) -> Result<Manifest> {
+    write(dir, VERSION_TXT, &r.version_txt())?;
     let mut packages = String::new();
-    for p in &info.packages {
+    for p in &out.packages {
         packages.push_str(&format!("{} {} {}\n", p.name, p.version, p.arch));
     }
     write(dir, PACKAGES_TXT, &packages)?;
@@ -164,20 +144,27 @@ pub fn finish(dir: &Path, info: &ReleaseInfo, key: &SigningKey) -> Result<Manife
     }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
-        name: info.name.clone(),
-        os_id: info.os_id.clone(),
-        board: info.board.clone(),
-        version: info.version.clone(),
-        version_id: info.version_id.clone(),
-        channel: info.channel.clone(),
-        recipe_hash: info.recipe_hash.clone(),
-        source_date_epoch: info.source_date_epoch,
+        name: r.name.clone(),
+        os_id: r.os.id.clone(),
+        board: r.board.name.clone(),
+        version: r.os.version.clone(),
+        version_id: r.os.version_id.clone(),
+        channel: r.os.channel.clone(),
+        recipe_hash: out.recipe_hash.clone(),
+        source_date_epoch: r.source_date_epoch,
         signing_key_id: kiln_update::keys::key_id(&key.verifying_key()),
-        payload: info.payload.clone(),
-        kernel: info.kernel.clone(),
+        payload: out
+            .payload
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+        kernel: Kernel {
+            version: out.kernel_version.clone(),
+            config_sha256: out.kernel_config_sha256.clone(),
+        },
         artifacts,
-        packages: info.packages.clone(),
-        tools: info.tools.clone(),
+        packages: out.packages.clone(),
+        tools: out.tools.clone(),
     };
     let json = serde_json::to_string_pretty(&manifest)? + "\n";
     write(dir, MANIFEST, &json)?;
@@ -204,7 +191,7 @@ pub fn finish(dir: &Path, info: &ReleaseInfo, key: &SigningKey) -> Result<Manife
         text.as_bytes(),
         &format!(
             "timestamp:{}\tfile:{DIGESTS}\thashed\trelease:{}/{}",
-            info.source_date_epoch, info.board, info.version
+            r.source_date_epoch, r.board.name, r.os.version
         ),
     )?;
     write(dir, SIGNATURE, &sig)?;

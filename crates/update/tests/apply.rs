@@ -122,7 +122,9 @@ fn make_payload(dir: &Path, name: &str, board: &str, usr: &[u8], k: &SigningKey)
             (SectionName::Initramfs, &files[2], String::new()),
         ],
         k,
-        &payload::xz_compress(0, 1),
+        &|raw: &std::path::Path, out: &std::path::Path| {
+            kiln_formats::xz_compress(raw, out, 1, 0, None)
+        },
     )
     .unwrap();
     out

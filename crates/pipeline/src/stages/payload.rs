@@ -76,6 +76,7 @@ impl Stage for Payload<'_> {
             self.key,
             Some(self.xz_chunks),
         )
+        .map(|_| ())
     }
 
     fn output(&self, dir: &Path) -> Result<PayloadFile> {
@@ -97,7 +98,7 @@ pub fn create(
     usr_detail: &str,
     key: &kiln_update::SigningKey,
     xz_chunks: Option<&Path>,
-) -> Result<()> {
+) -> Result<payload::Header> {
     let sections = [
         (SectionName::Usr, usr, usr_detail.to_string()),
         (SectionName::Kernel, kernel, kernel_version.to_string()),
@@ -106,6 +107,5 @@ pub fn create(
     let compress = |raw: &Path, xz: &Path| -> Result<()> {
         kiln_formats::xz_compress(raw, xz, 0, XZ_LEVEL, xz_chunks)
     };
-    payload::create(out, meta, &sections, key, &compress)?;
-    Ok(())
+    payload::create(out, meta, &sections, key, &compress)
 }
