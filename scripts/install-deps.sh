@@ -20,7 +20,7 @@ fi
 
 apt-get install -y -q --no-install-recommends --allow-downgrades \
     mmdebstrap debian-archive-keyring ca-certificates \
-    e2fsprogs dosfstools mtools erofs-utils squashfs-tools \
+    e2fsprogs dosfstools mtools erofs-utils \
     grub-common grub-pc-bin grub-efi-amd64-bin ovmf \
     "qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version" \
     gdisk libcap2-bin kmod xz-utils pigz gcc libc6-dev \
