@@ -104,15 +104,8 @@ fn bench_build(
     work_dir: Option<PathBuf>,
 ) -> Result<i32> {
     // The board image alone: the first bootable image, without platform artifacts.
-    let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
-    let resolved = crate::load_with(recipe, args, none)?;
-    let work = match work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            tempfile::tempdir_in(d)?
-        }
-        None => tempfile::tempdir()?,
-    };
+    let resolved = board_only(recipe, args)?;
+    let work = scratch(work_dir)?;
     let tmp = work.path().to_path_buf();
     let cache_root = tmp.join("cache");
     let opts = |out: &str| -> Result<BuildOptions> {
@@ -233,11 +226,10 @@ fn bench_kernel(
     agent: &std::path::Path,
     work_dir: Option<PathBuf>,
 ) -> Result<i32> {
-    let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
-    let r = crate::load_with(recipe, args, none)?;
+    let r = board_only(recipe, args)?;
     if r.kernel.build.is_none() {
         anyhow::bail!(
-            "{}: --kernel needs a recipe that builds its kernel from source (kernel.source), \
+            "{}: kiln bench kernel needs a recipe that builds its kernel from source (kernel.source), \
              such as recipes/source-kernel.toml",
             recipe.display()
         );
@@ -268,7 +260,7 @@ fn bench_kernel(
         signing: None,
     };
     eprintln!(
-        "kiln bench --kernel: {} in {}",
+        "kiln bench kernel: {} in {}",
         recipe.display(),
         dir.display()
     );
@@ -310,13 +302,7 @@ fn bench_platforms(
         args,
         Some(PlatformSelection::Names(vec![one.to_string()])),
     )?;
-    let work = match work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            tempfile::tempdir_in(d)?
-        }
-        None => tempfile::tempdir()?,
-    };
+    let work = scratch(work_dir)?;
     let root = work.path().join("cache");
     let run = |r: &kiln_recipe::Resolved, name: &str| -> Result<BuildOutput> {
         // Warm: packages kept; stages and compressed chunks dropped.
@@ -343,7 +329,7 @@ fn bench_platforms(
         Ok(o)
     };
     eprintln!(
-        "kiln bench --platforms: {} in {}",
+        "kiln bench platforms: {} in {}",
         recipe.display(),
         work.path().display()
     );
@@ -378,6 +364,25 @@ fn bench_platforms(
     Ok(0)
 }
 
+/// The benchmark's own directory for caches and images: a temporary one, inside `work_dir`
+/// if given.
+fn scratch(work_dir: Option<PathBuf>) -> Result<tempfile::TempDir> {
+    Ok(match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
+            tempfile::tempdir_in(d)?
+        }
+        None => tempfile::tempdir()?,
+    })
+}
+
+/// The recipe with no platforms: the board image alone.
+fn board_only(recipe: &std::path::Path, args: &crate::RecipeArgs) -> Result<kiln_recipe::Resolved> {
+    let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
+    crate::load_with(recipe, args, none)
+}
+
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let t = std::time::Instant::now();
     let v = f()?;
@@ -392,18 +397,11 @@ fn bench_update(
     work_dir: Option<PathBuf>,
 ) -> Result<i32> {
     use kiln_update::{apply, keys, payload};
-    let none = Some(kiln_recipe::PlatformSelection::Names(Vec::new()));
-    let resolved = crate::load_with(recipe, args, none)?;
-    let work = match work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            tempfile::tempdir_in(d)?
-        }
-        None => tempfile::tempdir()?,
-    };
+    let resolved = board_only(recipe, args)?;
+    let work = scratch(work_dir)?;
     let tmp = work.path().to_path_buf();
     eprintln!(
-        "kiln bench --update: {} in {}",
+        "kiln bench update: {} in {}",
         recipe.display(),
         tmp.display()
     );

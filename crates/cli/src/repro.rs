@@ -19,11 +19,13 @@ pub fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>> {
     let open =
         |p: &Path| std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()));
     let (mut fa, mut fb) = (open(a)?, open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
     let mut off = 0u64;
     loop {
-        let na = read_full(&mut fa, &mut ba)?;
-        let nb = read_full(&mut fb, &mut bb)?;
+        ba.clear();
+        bb.clear();
+        let na = (&mut fa).take(1 << 20).read_to_end(&mut ba)?;
+        let nb = (&mut fb).take(1 << 20).read_to_end(&mut bb)?;
         let n = na.min(nb);
         if let Some(i) = (0..n).find(|&i| ba[i] != bb[i]) {
             return Ok(Some(off + i as u64));
@@ -36,17 +38,6 @@ pub fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>> {
         }
         off += n as u64;
     }
-}
-
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 pub fn check(r: &kiln_recipe::Resolved, opts: &BuildOptions, first: &BuildOutput) -> Result<i32> {

@@ -28,10 +28,12 @@ pub enum ImageFormat {
 impl ImageFormat {
     pub fn detect(path: &Path) -> Result<Self> {
         let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut head = [0u8; 512];
-        let n = read_up_to(&mut f, &mut head)
+        let mut head = Vec::new();
+        (&mut f)
+            .take(512)
+            .read_to_end(&mut head)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let head = &head[..n];
+        let head = head.as_slice();
         if head.starts_with(b"QFI\xfb") {
             return Ok(ImageFormat::Qcow2);
         }
@@ -88,17 +90,6 @@ impl fmt::Display for ImageFormat {
             ImageFormat::Gzip => "gzip",
         })
     }
-}
-
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Unpacks a platform's packed disk (.xz, GCE .tar.gz) into `dir/disk.raw`, sparse.
