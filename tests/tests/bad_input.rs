@@ -369,3 +369,84 @@ fn disk_sizes_a_format_cannot_take_are_refused_before_anything_is_written() {
     assert!(t.contains("MiB"), "{t}");
     assert!(!out.exists(), "output directory was created");
 }
+
+/// The platform-option mistakes that once passed `kiln validate` and failed only when
+/// qemu-img ran, after every stage was built: each is refused by `kiln validate` and by
+/// `kiln build` at its file, line and column with the allowed values, before any stage runs
+/// (the build creates neither its cache nor its output directory).
+#[test]
+fn platform_option_mistakes_are_refused_before_any_stage_runs() {
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "qemu",
+            "compat = \"1.1\"",
+            "compat = \"1.2\"",
+            &["unknown variant `1.2`", "`1.1`", "`0.10`"],
+        ),
+        (
+            "vmware",
+            "controller = \"pvscsi\"",
+            "controller = \"lsilogc\"",
+            &["unknown variant `lsilogc`", "`pvscsi`", "`lsilogic`"],
+        ),
+        (
+            "qemu",
+            "sidecars = [\"launch-script\"]",
+            "sidecars = [\"launch-script\", \"vmx\"]",
+            &[
+                "sidecar `vmx` needs format = \"vmdk\"",
+                "format = \"qcow2\"",
+            ],
+        ),
+        (
+            "metal",
+            "xz-level = 2",
+            "xz-level = 2\ncompat = \"1.1\"",
+            &["`compat` is a qcow2 option", "format = \"raw\""],
+        ),
+    ];
+    for (platform, from, to, want) in cases {
+        let d = tempfile::tempdir_in(test_dir()).unwrap();
+        let boards = boards_copy(d.path());
+        let file = boards.join(format!("platforms/{platform}.toml"));
+        let before = std::fs::read_to_string(&file).unwrap();
+        assert!(before.contains(from), "{platform}.toml has no {from:?}");
+        let after = before.replacen(from, to, 1);
+        std::fs::write(&file, &after).unwrap();
+        let last = to.lines().last().unwrap();
+        let line = after.lines().position(|l| l == last).unwrap() + 1;
+        let at = format!("{}:{line}:", file.display());
+        let out = d.path().join("out");
+        // A cache of its own: any stage a build ran would be in it.
+        let cache = d.path().join("cache");
+        for args in [
+            vec!["validate", "recipes/minimal.toml"],
+            vec![
+                "build",
+                "recipes/minimal.toml",
+                "--platform",
+                "qemu",
+                "--output",
+                out.to_str().unwrap(),
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ],
+        ] {
+            let mut args = args.clone();
+            args.extend(["--board-dir", boards.to_str().unwrap()]);
+            let o = kiln(&args);
+            let t = text(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {t}");
+            assert!(t.contains(&at), "{args:?}: no {at} in:\n{t}");
+            for w in *want {
+                assert!(t.contains(w), "{args:?}: no {w:?} in:\n{t}");
+            }
+            assert!(!t.contains("panicked"), "{t}");
+        }
+        assert!(
+            !out.exists(),
+            "{platform}: the build wrote its output directory"
+        );
+        assert!(!cache.exists(), "{platform}: the build used its cache");
+    }
+}
