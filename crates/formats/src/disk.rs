@@ -7,31 +7,36 @@ use anyhow::{bail, Context, Result};
 use kiln_host::atomic::Staged;
 use kiln_host::qemu_img;
 
+use crate::options::{Qcow2Compat, VhdSubformat, VmdkAdapter, VmdkSubformat};
 use crate::util::{source_size, GIB, MIB};
 
 /// The largest virtual size a VHD may have (the VHD format and Azure both stop at 2040 GiB).
 pub const VHD_MAX_BYTES: u64 = 2040 * GIB;
 
-/// A disk image format and its qemu-img options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A disk image format and its qemu-img options, each option a type (a platform file's
+/// mistake is refused when it is read, not here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
     /// Raw bytes, written sparse.
     Raw,
-    /// qcow2; `compat` is "1.1" (qcow2 v3, the default) or "0.10" (for QEMU older than 1.1).
-    Qcow2 { compat: String },
-    /// VMDK; `subformat` is "monolithicSparse" (beside a .vmx) or "streamOptimized" (inside an
-    /// OVA, for EC2 import); `adapter` is "lsilogic", "ide", "buslogic" or "legacyESX".
-    Vmdk { subformat: String, adapter: String },
-    /// VHD (qemu's "vpc"); `subformat` is "dynamic" (XenServer) or "fixed" (Azure). Written
-    /// with `force_size=on`, so the virtual size is exactly the raw size.
-    Vhd { subformat: String },
+    /// qcow2 at a compatibility level.
+    Qcow2 { compat: Qcow2Compat },
+    /// VMDK: monolithicSparse beside a .vmx, streamOptimized inside an OVA; the adapter type
+    /// its descriptor records.
+    Vmdk {
+        subformat: VmdkSubformat,
+        adapter: VmdkAdapter,
+    },
+    /// VHD (qemu's "vpc"), dynamic (XenServer) or fixed (Azure). Written with
+    /// `force_size=on`, so the virtual size is exactly the raw size.
+    Vhd { subformat: VhdSubformat },
 }
 
 impl DiskFormat {
     /// qcow2 v3 (`compat=1.1`).
     pub fn qcow2() -> Self {
         DiskFormat::Qcow2 {
-            compat: "1.1".into(),
+            compat: Qcow2Compat::V3,
         }
     }
 
@@ -45,41 +50,16 @@ impl DiskFormat {
         }
     }
 
-    /// The `-o` options for qemu-img convert, after checking each value is one kiln knows.
-    fn qemu_options(&self) -> Result<Option<String>> {
-        fn one_of(what: &str, v: &str, allowed: &[&str]) -> Result<()> {
-            if !allowed.contains(&v) {
-                bail!(
-                    "unknown {what} {v:?}: expected one of {}",
-                    allowed.join(", ")
-                );
-            }
-            Ok(())
-        }
-        Ok(match self {
+    /// The `-o` options for qemu-img convert.
+    fn qemu_options(&self) -> Option<String> {
+        match self {
             DiskFormat::Raw => None,
-            DiskFormat::Qcow2 { compat } => {
-                one_of("qcow2 compat level", compat, &["1.1", "0.10"])?;
-                Some(format!("compat={compat}"))
-            }
+            DiskFormat::Qcow2 { compat } => Some(format!("compat={compat}")),
             DiskFormat::Vmdk { subformat, adapter } => {
-                one_of(
-                    "vmdk subformat",
-                    subformat,
-                    &["monolithicSparse", "streamOptimized"],
-                )?;
-                one_of(
-                    "vmdk adapter type",
-                    adapter,
-                    &["lsilogic", "ide", "buslogic", "legacyESX"],
-                )?;
                 Some(format!("subformat={subformat},adapter_type={adapter}"))
             }
-            DiskFormat::Vhd { subformat } => {
-                one_of("vhd subformat", subformat, &["dynamic", "fixed"])?;
-                Some(format!("subformat={subformat},force_size=on"))
-            }
-        })
+            DiskFormat::Vhd { subformat } => Some(format!("subformat={subformat},force_size=on")),
+        }
     }
 }
 
@@ -146,7 +126,7 @@ pub fn convert(raw: &Path, format: &DiskFormat, dest: &Path, stamp: &Stamp) -> R
     let size = source_size(raw)?;
     check_size(format, size)
         .with_context(|| format!("cannot write {} as {format}", raw.display()))?;
-    let options = format.qemu_options()?;
+    let options = format.qemu_options();
     kiln_host::tools::require(kiln_host::tools::QEMU_IMG)?;
     let staged = Staged::new(dest)?;
     qemu_img::convert(
@@ -305,14 +285,14 @@ mod tests {
 
     fn vmdk(sub: &str) -> DiskFormat {
         DiskFormat::Vmdk {
-            subformat: sub.into(),
-            adapter: "lsilogic".into(),
+            subformat: sub.parse().unwrap(),
+            adapter: VmdkAdapter::Lsilogic,
         }
     }
 
     fn vhd(sub: &str) -> DiskFormat {
         DiskFormat::Vhd {
-            subformat: sub.into(),
+            subformat: sub.parse().unwrap(),
         }
     }
 
@@ -325,7 +305,7 @@ mod tests {
             (DiskFormat::qcow2(), "qcow2", "out.qcow2"),
             (
                 DiskFormat::Qcow2 {
-                    compat: "0.10".into(),
+                    compat: Qcow2Compat::V2,
                 },
                 "qcow2",
                 "out-v2.qcow2",
@@ -354,7 +334,7 @@ mod tests {
                     let sub = info.vmdk_create_type();
                     assert_eq!(sub, Some(subformat.as_str()), "{info:?}");
                 }
-                DiskFormat::Vhd { subformat } if subformat == "fixed" => {
+                DiskFormat::Vhd { subformat } if *subformat == VhdSubformat::Fixed => {
                     // A fixed VHD is the raw bytes plus a 512-byte footer.
                     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 4 * MIB + 512);
                 }
@@ -462,24 +442,13 @@ mod tests {
 
     #[test]
     fn unknown_options_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = make_raw(dir.path(), MIB);
-        let dest = dir.path().join("x.img");
-        for f in [
-            DiskFormat::Qcow2 {
-                compat: "1.1,lazy_refcounts=on".into(),
-            },
-            vmdk("monolithicFlat"),
-            DiskFormat::Vmdk {
-                subformat: "streamOptimized".into(),
-                adapter: "pvscsi".into(),
-            },
-            vhd("sparse"),
-        ] {
-            let e = convert(&raw, &f, &dest, &STAMP).unwrap_err().to_string();
-            assert!(e.contains("expected one of"), "{e}");
-            assert!(!dest.exists());
-        }
+        // Options are types now: a value qemu-img would take as more options (a comma), or
+        // one kiln does not know, never becomes a DiskFormat.
+        assert!("1.1,lazy_refcounts=on".parse::<Qcow2Compat>().is_err());
+        assert!("monolithicFlat".parse::<VmdkSubformat>().is_err());
+        assert!("pvscsi".parse::<VmdkAdapter>().is_err());
+        let e = "sparse".parse::<VhdSubformat>().unwrap_err();
+        assert!(e.contains("expected one of dynamic, fixed"), "{e}");
     }
 
     #[test]

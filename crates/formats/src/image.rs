@@ -288,6 +288,7 @@ impl SparseView {
 mod tests {
     use super::*;
     use crate::disk::{convert, DiskFormat, Stamp};
+    use crate::options::{Qcow2Compat, VhdSubformat, VmdkAdapter, VmdkSubformat};
     use crate::testutil::make_raw;
 
     #[test]
@@ -299,20 +300,20 @@ mod tests {
             (DiskFormat::qcow2(), ImageFormat::Qcow2),
             (
                 DiskFormat::Vmdk {
-                    subformat: "monolithicSparse".into(),
-                    adapter: "lsilogic".into(),
+                    subformat: VmdkSubformat::MonolithicSparse,
+                    adapter: VmdkAdapter::Lsilogic,
                 },
                 ImageFormat::Vmdk,
             ),
             (
                 DiskFormat::Vhd {
-                    subformat: "fixed".into(),
+                    subformat: VhdSubformat::Fixed,
                 },
                 ImageFormat::Vhd,
             ),
             (
                 DiskFormat::Vhd {
-                    subformat: "dynamic".into(),
+                    subformat: VhdSubformat::Dynamic,
                 },
                 ImageFormat::Vhd,
             ),
@@ -361,7 +362,7 @@ mod tests {
         convert(
             &raw,
             &DiskFormat::Qcow2 {
-                compat: "0.10".into(),
+                compat: Qcow2Compat::V2,
             },
             &q,
             &Stamp::default(),
@@ -401,8 +402,8 @@ mod tests {
         convert(
             &raw,
             &DiskFormat::Vmdk {
-                subformat: "monolithicSparse".into(),
-                adapter: "lsilogic".into(),
+                subformat: VmdkSubformat::MonolithicSparse,
+                adapter: VmdkAdapter::Lsilogic,
             },
             &vmdk,
             &Stamp::default(),

@@ -11,6 +11,7 @@ use kiln_host::tools::{self, TAR};
 use kiln_host::Cmd;
 
 use crate::disk::{convert, DiskFormat, Stamp};
+use crate::options::{VmdkSubformat, VmwareController, VmwareNic};
 use crate::util::{check_plain_name, source_size, xml_escape};
 
 /// The virtual hardware version the OVF and the .vmx ask for (ESXi 6.5, Workstation 12.5
@@ -33,10 +34,10 @@ pub struct OvfInfo {
     pub os_type: String,
     /// Boot with UEFI (`firmware=efi`) rather than BIOS.
     pub firmware_efi: bool,
-    /// Network adapter type, e.g. "VmxNet3" or "E1000".
-    pub nic: String,
-    /// SCSI controller: "lsilogic" or "VirtualSCSI" (pvscsi).
-    pub scsi: String,
+    /// The network adapter.
+    pub nic: VmwareNic,
+    /// The SCSI controller (its OVF name, and the adapter type the disk records).
+    pub controller: VmwareController,
 }
 
 /// The OVF 1.0 descriptor for one VM whose disk is the streamOptimized VMDK `disk_file_name`
@@ -45,8 +46,8 @@ pub fn ovf_xml(info: &OvfInfo, disk_file_name: &str, disk_file_size: u64) -> Str
     let name = xml_escape(&info.name);
     let href = xml_escape(disk_file_name);
     let os_type = xml_escape(&info.os_type);
-    let nic = xml_escape(&info.nic);
-    let scsi = xml_escape(&info.scsi);
+    let nic = info.nic.ovf_name();
+    let scsi = info.controller.ovf_name();
     let (cpus, mem, cap) = (info.cpus, info.memory_mib, info.capacity_bytes);
     let mut x = String::new();
     // Writing to a String cannot fail.
@@ -158,14 +159,8 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, stamp: &Stamp) -> Result<()>
             info.memory_mib
         );
     }
-    if !["lsilogic", "VirtualSCSI"].contains(&info.scsi.as_str()) {
-        bail!(
-            "unknown OVF SCSI controller {:?}: expected lsilogic or VirtualSCSI",
-            info.scsi
-        );
-    }
-    if info.nic.is_empty() || info.os_type.is_empty() {
-        bail!("the OVF needs a network adapter type and a guest OS type");
+    if info.os_type.is_empty() {
+        bail!("the OVF needs a guest OS type");
     }
     if epoch < 0 {
         bail!("timestamp {epoch} is before 1970: give a SOURCE_DATE_EPOCH of 0 or later");
@@ -189,9 +184,8 @@ pub fn ova(raw: &Path, info: &OvfInfo, dest: &Path, stamp: &Stamp) -> Result<()>
     convert(
         raw,
         &DiskFormat::Vmdk {
-            subformat: "streamOptimized".into(),
-            // The descriptor's adapter type; the OVF's controller is what VMware uses.
-            adapter: "lsilogic".into(),
+            subformat: VmdkSubformat::StreamOptimized,
+            adapter: info.controller.vmdk_adapter(),
         },
         &vmdk,
         stamp,
@@ -262,8 +256,8 @@ mod tests {
             cpus: 2,
             os_type: "otherLinux64Guest".into(),
             firmware_efi: true,
-            nic: "VmxNet3".into(),
-            scsi: "VirtualSCSI".into(),
+            nic: VmwareNic::Vmxnet3,
+            controller: VmwareController::Pvscsi,
         }
     }
 
@@ -377,7 +371,7 @@ mod tests {
             .to_string();
         assert!(e.contains("8388608"), "{e}");
         let mut bad = info(4 << 20);
-        bad.scsi = "pvscsi".into();
+        bad.os_type = String::new();
         assert!(ova(&raw, &bad, &dest, &stamp(0)).is_err());
         assert!(ova(
             &dir.path().join("missing.raw"),

@@ -1,5 +1,6 @@
 //! The VMware .vmx configuration that sits beside a monolithicSparse .vmdk.
 
+use crate::options::{VmwareController, VmwareNic};
 use crate::ova::VMX_HW_VERSION;
 
 /// What the .vmx describes.
@@ -11,10 +12,10 @@ pub struct VmxInfo {
     pub disk_file_name: String,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// scsi0.virtualDev: "lsilogic" or "pvscsi".
-    pub scsi: String,
+    /// The SCSI controller (scsi0.virtualDev).
+    pub controller: VmwareController,
     /// ethernet0.virtualDev, e.g. "vmxnet3".
-    pub nic: String,
+    pub nic: VmwareNic,
     /// Boot with UEFI (`firmware = "efi"`) rather than BIOS.
     pub firmware_efi: bool,
     /// guestOS, e.g. "other-64" or "other5xlinux-64".
@@ -59,11 +60,11 @@ pub fn vmx(info: &VmxInfo) -> String {
         ("pciBridge4.virtualDev", q("pcieRootPort")),
         ("pciBridge4.functions", q("8")),
         ("scsi0.present", q("TRUE")),
-        ("scsi0.virtualDev", q(&info.scsi)),
+        ("scsi0.virtualDev", q(info.controller.vmx_name())),
         ("scsi0:0.present", q("TRUE")),
         ("scsi0:0.fileName", q(&info.disk_file_name)),
         ("ethernet0.present", q("TRUE")),
-        ("ethernet0.virtualDev", q(&info.nic)),
+        ("ethernet0.virtualDev", q(info.nic.vmx_name())),
         ("ethernet0.connectionType", q("nat")),
         ("ethernet0.addressType", q("generated")),
         ("serial0.present", q("TRUE")),
@@ -91,8 +92,8 @@ mod tests {
             disk_file_name: "kiln.vmdk".into(),
             memory_mib: 1024,
             cpus: 2,
-            scsi: "pvscsi".into(),
-            nic: "vmxnet3".into(),
+            controller: VmwareController::Pvscsi,
+            nic: VmwareNic::Vmxnet3,
             firmware_efi: true,
             guest_os: "other5xlinux-64".into(),
         }

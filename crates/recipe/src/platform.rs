@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use kiln_formats::{Qcow2Compat, VhdSubformat, VmdkSubformat, VmwareController, VmwareNic};
+use kiln_formats::{
+    DiskFormat, Qcow2Compat, VhdSubformat, VmdkSubformat, VmwareController, VmwareNic,
+};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -166,15 +168,6 @@ pub struct BootDef {
     pub config_drive: bool,
 }
 
-/// The artifact's disk format with its options, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Raw,
-    Qcow2 { compat: Qcow2Compat },
-    Vmdk { subformat: VmdkSubformat },
-    Vhd { subformat: VhdSubformat },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packing {
     None,
@@ -203,7 +196,9 @@ pub struct DiskSize {
 /// What the platform ships, every option checked against its format.
 #[derive(Debug, Clone)]
 pub struct Artifact {
-    pub format: Format,
+    /// The format and its qemu-img options (a vmdk's adapter type follows the VMware
+    /// controller).
+    pub format: DiskFormat,
     pub packing: Packing,
     pub extension: String,
     pub size: DiskSize,
@@ -373,23 +368,59 @@ fn artifact(a: &ArtifactFile, src: &SourceFile) -> Result<Artifact> {
             Some(s) => Ok(Some(s.get_ref().clone())),
         }
     };
+    let vmware = match &a.vmware {
+        None => None,
+        Some(v) => {
+            let needs = name == FormatName::Vmdk
+                || a.sidecars
+                    .iter()
+                    .any(|s| matches!(s.get_ref(), Sidecar::Vmx | Sidecar::Ova));
+            if !needs {
+                return Err(src.error_at(
+                    &v.span(),
+                    format!("[artifact.vmware] describes a VMware machine: it goes with format = \"vmdk\" or the vmx and ova sidecars; this platform's artifact is {chosen}"),
+                ));
+            }
+            let f = v.get_ref();
+            for (key, val) in [("guest-os", &f.guest_os), ("ovf-os-type", &f.ovf_os_type)] {
+                check_descriptor_value(val.get_ref())
+                    .map_err(|m| src.error_at(&val.span(), format!("{key}: {m}")))?;
+            }
+            Some(Vmware {
+                controller: f.controller,
+                nic: f.nic,
+                guest_os: f.guest_os.get_ref().clone(),
+                ovf_os_type: f.ovf_os_type.get_ref().clone(),
+            })
+        }
+    };
     let format = match name {
         FormatName::Raw => {
             subformat(&[])?;
-            Format::Raw
+            DiskFormat::Raw
         }
         FormatName::Qcow2 => {
             subformat(&[])?;
-            Format::Qcow2 {
+            DiskFormat::Qcow2 {
                 compat: a.compat.as_ref().map_or(Qcow2Compat::V3, |c| *c.get_ref()),
             }
         }
-        FormatName::Vmdk => Format::Vmdk {
-            subformat: subformat(VmdkSubformat::NAMES)?
-                .map_or(Ok(VmdkSubformat::MonolithicSparse), |s| s.parse())
-                .map_err(anyhow::Error::msg)?,
-        },
-        FormatName::Vhd => Format::Vhd {
+        FormatName::Vmdk => {
+            let Some(v) = &vmware else {
+                return Err(src.error_at(
+                    &a.format.span(),
+                    "a vmdk needs an [artifact.vmware] table: its controller is the disk's \
+                     adapter type (controller, nic, guest-os, ovf-os-type)",
+                ));
+            };
+            DiskFormat::Vmdk {
+                subformat: subformat(VmdkSubformat::NAMES)?
+                    .map_or(Ok(VmdkSubformat::MonolithicSparse), |s| s.parse())
+                    .map_err(anyhow::Error::msg)?,
+                adapter: v.controller.vmdk_adapter(),
+            }
+        }
+        FormatName::Vhd => DiskFormat::Vhd {
             subformat: subformat(VhdSubformat::NAMES)?
                 .map_or(Ok(VhdSubformat::Dynamic), |s| s.parse())
                 .map_err(anyhow::Error::msg)?,
@@ -427,7 +458,7 @@ fn artifact(a: &ArtifactFile, src: &SourceFile) -> Result<Artifact> {
         },
         PackingName::GceTar => Packing::GceTar,
     };
-    if packing != Packing::None && format != Format::Raw {
+    if packing != Packing::None && format != DiskFormat::Raw {
         let p = a.packing.as_ref().expect("set: not none");
         return Err(src.error_at(
             &p.span(),
@@ -489,40 +520,6 @@ fn artifact(a: &ArtifactFile, src: &SourceFile) -> Result<Artifact> {
         }
     }
 
-    let vmware = match &a.vmware {
-        None => None,
-        Some(v) => {
-            let needs = name == FormatName::Vmdk
-                || a.sidecars
-                    .iter()
-                    .any(|s| matches!(s.get_ref(), Sidecar::Vmx | Sidecar::Ova));
-            if !needs {
-                return Err(src.error_at(
-                    &v.span(),
-                    format!("[artifact.vmware] describes a VMware machine: it goes with format = \"vmdk\" or the vmx and ova sidecars; this platform's artifact is {chosen}"),
-                ));
-            }
-            let f = v.get_ref();
-            for (key, val) in [("guest-os", &f.guest_os), ("ovf-os-type", &f.ovf_os_type)] {
-                check_descriptor_value(val.get_ref())
-                    .map_err(|m| src.error_at(&val.span(), format!("{key}: {m}")))?;
-            }
-            Some(Vmware {
-                controller: f.controller,
-                nic: f.nic,
-                guest_os: f.guest_os.get_ref().clone(),
-                ovf_os_type: f.ovf_os_type.get_ref().clone(),
-            })
-        }
-    };
-    if name == FormatName::Vmdk && vmware.is_none() {
-        return Err(src.error_at(
-            &a.format.span(),
-            "a vmdk needs an [artifact.vmware] table: its controller is the disk's adapter type \
-             (controller, nic, guest-os, ovf-os-type)",
-        ));
-    }
-
     let mut sidecars = Vec::new();
     for s in &a.sidecars {
         let sc = *s.get_ref();
@@ -535,16 +532,17 @@ fn artifact(a: &ArtifactFile, src: &SourceFile) -> Result<Artifact> {
         let fits = match sc {
             // QEMU boots what it reads directly: not a packed disk.
             Sidecar::LaunchScript => packing == Packing::None,
-            Sidecar::Vmx => {
-                format
-                    == Format::Vmdk {
-                        subformat: VmdkSubformat::MonolithicSparse,
-                    }
-            }
+            Sidecar::Vmx => matches!(
+                format,
+                DiskFormat::Vmdk {
+                    subformat: VmdkSubformat::MonolithicSparse,
+                    ..
+                }
+            ),
             Sidecar::Ova => vmware.is_some(),
-            Sidecar::Ec2Json => format == Format::Raw,
+            Sidecar::Ec2Json => format == DiskFormat::Raw,
             Sidecar::OpenstackJson => {
-                matches!(format, Format::Qcow2 { .. }) && packing == Packing::None
+                matches!(format, DiskFormat::Qcow2 { .. }) && packing == Packing::None
             }
         };
         if !fits {

@@ -6,31 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kiln_formats as fmt;
-use kiln_recipe::platform::{Format, Packing, Platform, Sidecar};
+use kiln_recipe::platform::{Packing, Platform, Sidecar};
 use kiln_recipe::{Firmware, Resolved};
-
-fn disk_format(p: &Platform) -> fmt::DiskFormat {
-    let a = &p.artifact;
-    match a.format {
-        Format::Raw => fmt::DiskFormat::Raw,
-        Format::Qcow2 { compat } => fmt::DiskFormat::Qcow2 {
-            compat: compat.to_string(),
-        },
-        Format::Vmdk { subformat } => fmt::DiskFormat::Vmdk {
-            subformat: subformat.to_string(),
-            adapter: a
-                .vmware
-                .as_ref()
-                .expect("a vmdk has its vmware table (checked at load)")
-                .controller
-                .vmdk_adapter()
-                .to_string(),
-        },
-        Format::Vhd { subformat } => fmt::DiskFormat::Vhd {
-            subformat: subformat.to_string(),
-        },
-    }
-}
 
 fn vmware(p: &Platform) -> Result<&kiln_recipe::platform::Vmware> {
     p.artifact.vmware.as_ref().with_context(|| {
@@ -72,7 +49,7 @@ pub fn disk_size(r: &Resolved, p: &Platform, planned: u64) -> Result<u64> {
             );
         }
     }
-    fmt::check_size(&disk_format(p), size)
+    fmt::check_size(&p.artifact.format, size)
         .with_context(|| format!("platform {} of recipe {}", p.name, r.name))?;
     if a.packing == Packing::GceTar {
         fmt::check_gce_size(size).with_context(|| format!("platform {}", p.name))?;
@@ -103,7 +80,7 @@ pub fn produce(
         id: crate::ids::derive(identity, "disk-image-id").into_bytes(),
     };
     match a.packing {
-        Packing::None => fmt::convert(raw, &disk_format(p), &disk, &stamp)?,
+        Packing::None => fmt::convert(raw, &p.artifact.format, &disk, &stamp)?,
         Packing::Xz { level } => {
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -138,8 +115,8 @@ pub fn produce(
                     disk_file_name: disk_name.clone(),
                     memory_mib: a.memory_mib,
                     cpus: a.cpus,
-                    scsi: vm.controller.vmx_name().into(),
-                    nic: vm.nic.vmx_name().into(),
+                    controller: vm.controller,
+                    nic: vm.nic,
                     firmware_efi: uefi,
                     guest_os: vm.guest_os.clone(),
                 });
@@ -158,8 +135,8 @@ pub fn produce(
                         cpus: a.cpus,
                         os_type: vm.ovf_os_type.clone(),
                         firmware_efi: uefi,
-                        nic: vm.nic.ovf_name().into(),
-                        scsi: vm.controller.ovf_name().into(),
+                        nic: vm.nic,
+                        controller: vm.controller,
                     },
                     &path,
                     &stamp,
