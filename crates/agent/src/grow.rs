@@ -1,7 +1,8 @@
 //! Growing ROOT to the end of a disk that is larger than the image (cloud disks are): move
-//! the backup GPT to the new end, extend ROOT's entry if it is the last partition, tell the
-//! kernel (BLKPG), then grow the mounted ext4 online (EXT4_IOC_RESIZE_FS). Every step checks
-//! first, so running it again does nothing.
+//! the backup GPT to the new end, extend ROOT's entry if it is the last partition (both in
+//! kiln-disk's `gpt::grow`, which writes the new backup and syncs before touching the
+//! primary), tell the kernel (BLKPG), then grow the mounted ext4 online (EXT4_IOC_RESIZE_FS).
+//! Every step checks first, so running it again does nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -60,38 +61,29 @@ pub fn grow(mount_point: &Path) -> Result<String> {
         .write(true)
         .open(&part.disk)
         .with_context(|| format!("cannot open {}", part.disk.display()))?;
-    let read = kiln_disk::Gpt::read(&mut disk, disk_sectors * 512)?;
-    let mut gpt = read.gpt;
-    let number = gpt
-        .partitions()
-        .find(|(_, e)| e.part_guid == part.part_guid)
-        .map(|(n, _)| n)
-        .context("ROOT is not in the GPT")?;
     let mut did = Vec::new();
 
-    // The partition table: backup at the end, ROOT to the end if nothing follows it.
-    let new_last = gpt.last_usable_lba();
-    let last_of_others = gpt
-        .partitions()
-        .filter(|(n, _)| *n != number)
-        .map(|(_, e)| e.last_lba)
-        .max()
-        .unwrap_or(0);
-    let entry = gpt.partition(number).expect("found above").clone();
-    let extend = entry.first_lba > last_of_others && entry.last_lba < new_last;
-    let table_moved = read.last_usable_lba < new_last || read.backup_error.is_some();
-    if extend || table_moved {
-        if extend {
-            gpt.partition_mut(number).expect("found above").last_lba = new_last;
-        }
-        gpt.update_entries(&mut disk)
-            .context("cannot rewrite the GPT")?;
-        disk.sync_all()?;
+    // The partition table: backup at the end, ROOT to the end if nothing follows it. The
+    // new backup is made durable before the primary (on a grown disk the only valid copy)
+    // changes: fsync on the device writes its dirty pages and flushes the disk's cache.
+    let g = kiln_disk::gpt::grow::grow(
+        &mut disk,
+        disk_sectors * 512,
+        part.part_guid,
+        &mut |d: &mut File| {
+            d.sync_all()
+                .with_context(|| format!("cannot sync {}", part.disk.display()))
+        },
+    )?;
+    if g.rewritten {
         did.push(format!("GPT rewritten for {} sectors", disk_sectors));
     }
-    if extend {
-        resize_partition(&disk, number, entry.first_lba, new_last)?;
-        did.push(format!("partition {number} now ends at sector {new_last}"));
+    if g.extended {
+        resize_partition(&disk, g.number, g.first_lba, g.last_lba)?;
+        did.push(format!(
+            "partition {} now ends at sector {}",
+            g.number, g.last_lba
+        ));
     }
 
     // The filesystem: as large as the partition.

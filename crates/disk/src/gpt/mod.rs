@@ -7,6 +7,7 @@
 //! - LBA N-33..=N-2: backup entry array; LBA N-1: backup header
 
 mod entry;
+pub mod grow;
 mod header;
 mod io;
 mod mbr;

@@ -47,6 +47,38 @@ impl Gpt {
         self.write(dev, Some(&boot_code))
     }
 
+    /// Rewrites both copies on a disk where the primary may be the only valid one (a disk
+    /// grown under the table: no backup at its new end). The new backup goes first (entry
+    /// array, then header) and is made durable with `sync`; only then the protective MBR and
+    /// the primary (array, then header), and `sync` again. A power cut anywhere leaves a valid
+    /// copy: the old primary until the first sync completes, the new backup after it. The MBR
+    /// boot code on disk is kept.
+    pub fn rewrite_backup_first<D: Read + Write + Seek>(
+        &self,
+        dev: &mut D,
+        sync: &mut dyn FnMut(&mut D) -> Result<()>,
+    ) -> Result<()> {
+        self.validate().context("invalid partition table")?;
+        let mut boot_code = [0u8; BOOT_CODE_SIZE];
+        read_at(dev, 0, &mut boot_code).context("reading existing MBR boot code")?;
+        let mbr = mbr::encode(self.disk_sectors, Some(&boot_code))?;
+        let array = self.encode_entries()?;
+        let array_crc = crc32fast::hash(&array);
+        let last_lba = self.disk_sectors - 1;
+        let backup_array_lba = self.disk_sectors - BACKUP_SECTORS;
+        let primary = self.header(1, last_lba, 2, array_crc).encode()?;
+        let backup = self
+            .header(last_lba, 1, backup_array_lba, array_crc)
+            .encode()?;
+        write_at(dev, backup_array_lba, &array).context("writing backup GPT entry array")?;
+        write_at(dev, last_lba, &backup).context("writing backup GPT header")?;
+        sync(dev).context("syncing the backup GPT")?;
+        write_at(dev, 0, &mbr).context("writing protective MBR")?;
+        write_at(dev, 2, &array).context("writing primary GPT entry array")?;
+        write_at(dev, 1, &primary).context("writing primary GPT header")?;
+        sync(dev).context("syncing the primary GPT")
+    }
+
     fn header(
         &self,
         my_lba: u64,
