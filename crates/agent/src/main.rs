@@ -36,6 +36,10 @@ enum Cmd {
     Status,
     /// Mark the running slot good: it booted far enough, so it stays the fallback.
     MarkGood,
+    /// Rewrite the slot state on the boot disk: a copy that is damaged is rewritten from the
+    /// valid one; if neither is valid, a fresh state is written from what the running system
+    /// knows (the running slot, good; the other slot never to boot until an update).
+    RepairState,
     /// Update payloads.
     #[command(subcommand)]
     Update(UpdateCmd),
@@ -74,6 +78,7 @@ fn main() {
         Cmd::Ready { no_mark_good } => ready(!no_mark_good),
         Cmd::Status => slots::status(),
         Cmd::MarkGood => slots::mark_good().map(|_| ()),
+        Cmd::RepairState => slots::repair_state(),
         Cmd::Update(UpdateCmd::Apply { source, tries }) => slots::apply(&source, tries),
         Cmd::Update(UpdateCmd::Check { channel, root }) => check(&channel, &root),
         Cmd::GrowRoot { mount_point } => {

@@ -36,15 +36,76 @@ pub fn status() -> Result<()> {
     Ok(())
 }
 
-/// Marks the running slot good; writes the ESP only when something changes.
+/// Marks the running slot good; writes the state only when something changes, or when a
+/// copy of it is damaged (the write goes to that copy and restores it). A state that was
+/// lost altogether is rebuilt (see [`repair_state`]).
 pub fn mark_good() -> Result<SlotState> {
     let (slot, disk) = running()?;
     let disk = Disk::open(&disk, true)?;
-    let mut st = disk.state()?;
-    if st.mark_good(slot)? {
+    let r = disk.read_store()?;
+    let Some(current) = r.state() else {
+        return fresh_state(&disk, slot, &r.problems());
+    };
+    let mut st = current.clone();
+    let changed = st.mark_good(slot)?;
+    if changed || !r.all_valid() {
         disk.write_state(&st)?;
-        println!("kiln-agent: marked USR-{slot} good");
     }
+    if changed {
+        println!("kiln-agent: marked USR-{slot} good");
+    } else if !r.all_valid() {
+        println!(
+            "kiln-agent: rewrote the damaged copy of the slot state ({})",
+            r.problems()
+        );
+    }
+    Ok(st)
+}
+
+/// `repair-state`: both copies valid again, or a fresh state if none was.
+pub fn repair_state() -> Result<()> {
+    let (slot, disk) = running()?;
+    let disk = Disk::open(&disk, true)?;
+    let r = disk.read_store()?;
+    match r.state() {
+        None => {
+            fresh_state(&disk, slot, &r.problems())?;
+        }
+        Some(st) if !r.all_valid() => {
+            let st = st.clone();
+            disk.store()?.rebuild(&st)?;
+            println!(
+                "kiln-agent: rewrote the slot state from /{} ({})",
+                r.current_path().unwrap_or("?"),
+                r.problems()
+            );
+        }
+        Some(_) => println!(
+            "kiln-agent: the slot state is sound (/{} is current, generation {})",
+            r.current_path().unwrap_or("?"),
+            r.generation().unwrap_or(0)
+        ),
+    }
+    Ok(())
+}
+
+/// Writes a fresh state when no copy is valid, from what the running system knows: this slot
+/// runs and reached its ready point, so it is good; the other slot's contents are unknown, so
+/// it is never booted until an update is applied to it.
+fn fresh_state(disk: &Disk, slot: Slot, why: &str) -> Result<SlotState> {
+    let field = |k: &str| {
+        crate::os_release_value(k).with_context(|| {
+            format!("/usr/lib/os-release has no {k}, needed to rebuild the slot state")
+        })
+    };
+    let board = field("KILN_BOARD")?;
+    let version = field("VERSION")?;
+    let st = SlotState::recovered(&board, slot, &version)?;
+    disk.store()?.rebuild(&st)?;
+    println!(
+        "kiln-agent: the slot state was lost ({why}); wrote a fresh one: USR-{slot} good, USR-{} not to be booted",
+        slot.other()
+    );
     Ok(st)
 }
 

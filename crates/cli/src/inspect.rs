@@ -17,9 +17,20 @@ struct Report {
     disk_guid: String,
     read_from: String,
     partitions: Vec<Part>,
-    /// The A/B state from /kiln/slots.env on the ESP; absent on a disk that is not kiln's.
+    /// The A/B state: the valid copy with the highest generation on the ESP; absent on a
+    /// disk that is not kiln's.
     slots: Option<SlotState>,
     next_boot: Option<Choice>,
+    /// Each copy of the state: its path, generation, and why it is not valid if it is not.
+    state_copies: Vec<StateCopy>,
+}
+
+#[derive(Serialize)]
+struct StateCopy {
+    path: String,
+    generation: Option<u32>,
+    current: bool,
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -88,11 +99,31 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
     if let (Some((_, e)), Some(v)) = (esp, &view) {
         v.copy(e.first_lba, e.last_lba + 1)?;
     }
-    let (slots, slots_error) =
-        match kiln_update::apply::Disk::open(&source, false).and_then(|d| d.state()) {
-            Ok(s) => (Some(s), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+    let store = kiln_update::apply::Disk::open(&source, false).and_then(|d| d.read_store());
+    let (slots, slots_error, copies) = match store {
+        Ok(r) => {
+            let copies: Vec<StateCopy> = r
+                .copies
+                .iter()
+                .enumerate()
+                .map(|(i, (path, c))| StateCopy {
+                    path: format!("/{path}"),
+                    generation: c.as_ref().ok().and_then(|p| p.generation),
+                    current: r.current == Some(i),
+                    error: c.as_ref().err().cloned(),
+                })
+                .collect();
+            match r.state() {
+                Some(s) => (Some(s.clone()), None, copies),
+                None => (
+                    None,
+                    Some(format!("no valid copy: {}", r.problems())),
+                    copies,
+                ),
+            }
+        }
+        Err(e) => (None, Some(format!("{e:#}")), Vec::new()),
+    };
     let next = slots.as_ref().and_then(|s| s.next_boot());
     let report = Report {
         format: format.to_string(),
@@ -103,6 +134,7 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         partitions: parts,
         slots,
         next_boot: next,
+        state_copies: copies,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -142,9 +174,20 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         );
     }
     match (&report.slots, slots_error) {
-        (Some(st), _) => print!("slot state (/{}):\n{st}", kiln_update::state::ENV_PATH),
+        (Some(st), _) => {
+            if let Some(c) = report.state_copies.iter().find(|c| c.current) {
+                let generation = c.generation.map_or("none".to_string(), |g| g.to_string());
+                println!("slot state ({}, generation {generation}):", c.path);
+            }
+            print!("{st}");
+        }
         (None, Some(e)) => println!("no A/B slot state: {e}"),
         (None, None) => {}
+    }
+    for c in &report.state_copies {
+        if let Some(e) = &c.error {
+            println!("warning: the state's copy {} is not valid: {e}", c.path);
+        }
     }
     Ok(())
 }

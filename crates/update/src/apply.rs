@@ -3,19 +3,21 @@
 //! harmless: the passive slot is made unbootable before its first byte changes, and is
 //! marked to be tried only after its USR, kernel and initramfs are all written and synced.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::VerifyingKey;
 use kiln_disk::{Gpt, Slot};
 use uuid::Uuid;
 
+use crate::dev::{BlockDev, FileDev, Window};
 use crate::esp::Esp;
 use crate::payload::{self, Header, SectionName};
 use crate::state::{self, SlotState};
+use crate::store::{self, Store};
 
 /// EFI system partition type GUID.
 const ESP_TYPE: Uuid = Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b);
@@ -27,28 +29,35 @@ pub struct Extent {
     pub len: u64,
 }
 
-/// A kiln disk: its GPT, the ESP and the two USR slots.
+/// A kiln disk: its GPT, the ESP, the two USR slots and the slot state's copies.
 pub struct Disk {
-    file: File,
+    dev: Arc<dyn BlockDev>,
     pub what: String,
     pub gpt: Gpt,
     pub esp: Extent,
     usr: [Extent; 2],
+    /// The state's copies, found on the ESP when the disk is opened; why not, if they are not.
+    store: std::result::Result<Store, String>,
 }
 
 impl Disk {
     /// Opens a whole disk (image file or block device) and finds kiln's partitions.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
         let what = path.display().to_string();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)
             .with_context(|| format!("cannot open {what}"))?;
-        let size = file
-            .seek(SeekFrom::End(0))
-            .with_context(|| format!("cannot find the size of {what}"))?;
-        let read = Gpt::read(&mut file, size)
+        let dev = FileDev::new(file).with_context(|| format!("cannot find the size of {what}"))?;
+        Self::from_dev(Arc::new(dev), &what)
+    }
+
+    /// A kiln disk on any [`BlockDev`] (the tests record every write through one).
+    pub fn from_dev(dev: Arc<dyn BlockDev>, what: &str) -> Result<Self> {
+        let what = what.to_string();
+        let size = dev.len();
+        let read = Gpt::read(&mut Window::whole(dev.clone()), size)
             .with_context(|| format!("{what}: no valid GPT: this is not a kiln disk image"))?;
         let gpt = read.gpt;
         let find = |pred: &dyn Fn(&kiln_disk::PartitionEntry) -> bool, name: &str| {
@@ -76,12 +85,15 @@ impl Disk {
                 bail!("{what}: a partition ends past the end of the disk");
             }
         }
+        let store =
+            Store::open(dev.clone(), esp.offset, esp.len, &what).map_err(|e| format!("{e:#}"));
         Ok(Self {
-            file,
+            dev,
             what,
             gpt,
             esp,
             usr: [a, b],
+            store,
         })
     }
 
@@ -93,28 +105,32 @@ impl Disk {
     }
 
     pub fn open_esp(&self) -> Result<Esp> {
-        let f = self.file.try_clone()?;
-        Esp::open(f, self.esp.offset, self.esp.len, &self.what)
+        Esp::open(self.dev.clone(), self.esp.offset, self.esp.len, &self.what)
     }
 
+    /// The slot state's copies.
+    pub fn store(&self) -> Result<&Store> {
+        self.store.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The state: the valid copy with the highest generation.
     pub fn state(&self) -> Result<SlotState> {
-        let esp = self.open_esp()?;
-        let s = esp.read_state();
-        esp.close()?;
-        s
+        self.store()?.state()
     }
 
-    /// Writes the state (one 1024-byte write in place) and syncs the disk.
+    /// Both copies, valid or not, and which one is the state.
+    pub fn read_store(&self) -> Result<store::Read> {
+        self.store()?.read()
+    }
+
+    /// Writes the state to the older copy (one sector in place, then a sync).
     pub fn write_state(&self, s: &SlotState) -> Result<()> {
-        let esp = self.open_esp()?;
-        esp.write_state(s)?;
-        esp.close()?;
-        self.sync()
+        self.store()?.write(s).map(|_| ())
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_all()
+        self.dev
+            .sync()
             .with_context(|| format!("cannot sync {}", self.what))
     }
 
@@ -222,7 +238,7 @@ pub fn apply<R: Read + Seek>(
     payload::extract(source, &h, &mut |name, bytes| {
         match name {
             SectionName::Usr => {
-                disk.file
+                disk.dev
                     .write_all_at(bytes, slot.offset + usr_written)
                     .with_context(|| format!("cannot write USR-{target} on {}", disk.what))?;
                 usr_written += bytes.len() as u64;

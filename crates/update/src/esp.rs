@@ -1,104 +1,43 @@
-//! The EFI system partition, read and written in place through the fatfs crate: inside a
-//! disk image file at the partition's offset, or on a partition of a live disk. Nothing is
-//! mounted, so the same code serves the offline tools and the agent.
+//! The EFI system partition's files, read and written in place through the fatfs crate:
+//! inside a disk image file at the partition's offset, or on a partition of a live disk.
+//! Nothing is mounted, so the same code serves the offline tools and the agent. The slot
+//! state is not written here but by [`crate::store`], straight to its sectors.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::state::{SlotState, ENV_PATH, ENV_SIZE};
-
-/// A byte range of a file or block device, seen as a whole device.
-pub struct Window {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Window {
-    pub fn new(file: File, start: u64, len: u64) -> Self {
-        Self {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Window {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let got = self.file.read(&mut buf[..n])?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Write for Window {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        if left == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the partition",
-            ));
-        }
-        let n = (buf.len() as u64).min(left) as usize;
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let put = self.file.write(&buf[..n])?;
-        self.pos += put as u64;
-        Ok(put)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Seek for Window {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(n) if n <= self.len => {
-                self.pos = n;
-                Ok(n)
-            }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek outside the partition",
-            )),
-        }
-    }
-}
+use crate::dev::{BlockDev, WriteBack};
 
 /// An open ESP. Call [`Esp::close`] to write back the FAT's state; dropping it without
 /// closing leaves the volume's dirty flag set (fsck would then check it).
 pub struct Esp {
-    fs: fatfs::FileSystem<Window>,
+    fs: fatfs::FileSystem<WriteBack>,
+    /// The same cache the FAT library writes through, to write it out after unmounting.
+    cache: WriteBack,
     what: String,
 }
 
 impl Esp {
-    /// `file` is the disk (image file or block device); the ESP spans `start..start+len`.
-    pub fn open(file: File, start: u64, len: u64, what: &str) -> Result<Self> {
-        let fs = fatfs::FileSystem::new(Window::new(file, start, len), fatfs::FsOptions::new())
+    /// `dev` is the disk (image file or block device); the ESP spans `start..start+len`.
+    pub fn open(dev: Arc<dyn BlockDev>, start: u64, len: u64, what: &str) -> Result<Self> {
+        let cache = WriteBack::new(dev, start, len);
+        let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new())
             .with_context(|| format!("{what}: the EFI system partition is not a FAT filesystem"))?;
         Ok(Self {
             fs,
+            cache,
             what: what.to_string(),
         })
+    }
+
+    /// Writes out what the FAT library changed so far and syncs: each step of a file
+    /// replacement reaches the disk before the next one starts.
+    fn flush(&self) -> Result<()> {
+        self.cache
+            .sync()
+            .with_context(|| format!("{}: cannot write the ESP", self.what))
     }
 
     pub fn read(&self, path: &str) -> Result<Vec<u8>> {
@@ -135,13 +74,16 @@ impl Esp {
     }
 
     /// Replaces `path` with `data`: written to `path.new`, then renamed over the old file.
-    /// FAT has no atomic replace; kiln only replaces files of a slot that cannot boot.
+    /// FAT has no atomic replace; kiln only replaces files of a slot that cannot boot. Each
+    /// step (stale file removed, new file written, old file removed, rename) is written out
+    /// and synced before the next, so a power cut leaves the ESP between two of them.
     pub fn replace(&self, path: &str, data: &[u8]) -> Result<()> {
         let root = self.fs.root_dir();
         let tmp = format!("{path}.new");
         if root.open_file(&tmp).is_ok() {
             root.remove(&tmp)
                 .with_context(|| format!("{}: cannot remove a stale /{tmp}", self.what))?;
+            self.flush()?;
         }
         {
             let mut f = root
@@ -155,43 +97,11 @@ impl Esp {
         if root.open_file(path).is_ok() {
             root.remove(path)
                 .with_context(|| format!("{}: cannot remove /{path}", self.what))?;
+            self.flush()?;
         }
         root.rename(&tmp, &root, path)
             .with_context(|| format!("{}: cannot rename /{tmp} to /{path}", self.what))?;
-        Ok(())
-    }
-
-    pub fn read_state(&self) -> Result<SlotState> {
-        let b = self.read(ENV_PATH).with_context(|| {
-            format!(
-                "{}: this is not a kiln A/B image (kiln keeps the slot state in /{ENV_PATH} on the ESP)",
-                self.what
-            )
-        })?;
-        SlotState::from_env(&b).with_context(|| format!("{}: /{ENV_PATH}", self.what))
-    }
-
-    /// Overwrites the state in place: the same clusters GRUB's `save_env` writes to, in one
-    /// 1024-byte write.
-    pub fn write_state(&self, s: &SlotState) -> Result<()> {
-        let block = s.to_env()?;
-        let mut f = self
-            .fs
-            .root_dir()
-            .open_file(ENV_PATH)
-            .with_context(|| format!("{}: no /{ENV_PATH} on the ESP", self.what))?;
-        let len = f.seek(SeekFrom::End(0))?;
-        if len != ENV_SIZE as u64 {
-            bail!(
-                "{}: /{ENV_PATH} is {len} bytes, not {ENV_SIZE}: it is not a GRUB environment block",
-                self.what
-            );
-        }
-        f.seek(SeekFrom::Start(0))?;
-        f.write_all(&block)
-            .with_context(|| format!("{}: cannot write /{ENV_PATH}", self.what))?;
-        f.flush()?;
-        Ok(())
+        self.flush()
     }
 
     /// Writes back the FAT's bookkeeping and syncs the device.
@@ -200,6 +110,8 @@ impl Esp {
         self.fs
             .unmount()
             .with_context(|| format!("{what}: cannot finish writing the ESP"))?;
-        Ok(())
+        self.cache
+            .sync()
+            .with_context(|| format!("{what}: cannot write the ESP"))
     }
 }

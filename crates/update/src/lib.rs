@@ -2,10 +2,13 @@
 
 pub mod apply;
 pub mod channel;
+pub mod dev;
 pub mod esp;
+pub mod fat;
 pub mod keys;
 pub mod payload;
 pub mod state;
+pub mod store;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 

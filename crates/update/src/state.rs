@@ -1,17 +1,19 @@
 //! The A/B slot state and the rule that picks the slot to boot.
 //!
-//! The state lives in one place: a GRUB environment block on the ESP, `/kiln/slots.env`. It
-//! is the only store that stock GRUB 2.06 can both read (`load_env`) and write (`save_env`),
-//! and GRUB must write it: a try is used up *before* the new kernel runs, so a kernel that
-//! panics still loses its try. The GPT attribute bits that ChromeOS and CoreOS used are left
-//! zero: GRUB cannot read them, and a second copy of the state would disagree with the first
-//! after the first boot that consumed a try.
+//! The state is a GRUB environment block on the ESP, the only store that stock GRUB 2.06 can
+//! both read (`load_env`) and write (`save_env`), and GRUB must write it: a try is used up
+//! *before* the new kernel runs, so a kernel that panics still loses its try. It is kept
+//! twice, `/kiln/slots.env` and `/kiln/slots-b.env` ([`ENV_PATHS`]), each carrying a
+//! generation (`kiln_gen=N` first, `kiln_check=N` last: a copy is valid when both are there and
+//! equal). Readers take the valid copy with the highest generation; writers write the other
+//! copy with the next generation, so a write cut short leaves the previous state readable. The
+//! GPT attribute bits that ChromeOS and CoreOS used are left zero: GRUB cannot read them.
 //!
 //! Per slot (`a`, `b`): `kiln_<s>_priority` (0..=15, 0 = never boot), `kiln_<s>_tries`
 //! (0..=15), `kiln_<s>_successful` (0|1) and `kiln_<s>_version` (informational, shown in the
 //! GRUB menu). `kiln_board` names the board the image was built for. GRUB's half of the rule
 //! is [`grub_script`]; this module's [`SlotState::next_boot`] is the same rule in Rust, for
-//! the tools and the tests.
+//! the tools and the tests. Reading and writing the copies on a disk is [`crate::store`].
 
 use std::fmt;
 
@@ -19,10 +21,18 @@ use anyhow::{bail, Context, Result};
 pub use kiln_disk::Slot;
 use serde::Serialize;
 
-/// Where the state lives on the ESP.
-pub const ENV_PATH: &str = "kiln/slots.env";
+/// The two copies of the state on the ESP. An image made before the second copy existed has
+/// only the first, which is then read and written alone.
+pub const ENV_PATHS: [&str; 2] = ["kiln/slots.env", "kiln/slots-b.env"];
+/// The first copy, the one an image always has.
+pub const ENV_PATH: &str = ENV_PATHS[0];
 /// A GRUB environment block is exactly this long (grub-core/lib/envblk.h, `grub-editenv`).
 pub const ENV_SIZE: usize = 1024;
+/// kiln's variables fit in the block's first sector, so one sector write (which a disk does
+/// whole or not at all) replaces them; the second sector is only padding.
+pub const ENV_CONTENT_MAX: usize = 512;
+/// Generations stay below 2^31: GRUB on i386-pc compares them (`-gt`) as 32-bit longs.
+pub const MAX_GENERATION: u32 = i32::MAX as u32;
 const ENV_HEADER: &str = "# GRUB Environment Block\n";
 /// Largest value of the 4-bit priority and tries fields (kept from the GPT convention).
 pub const MAX_FIELD: u8 = 15;
@@ -73,6 +83,24 @@ impl SlotState {
             board: board.to_string(),
             a,
             b: SlotFields::default(),
+        };
+        s.check()?;
+        Ok(s)
+    }
+
+    /// A state rebuilt by the running system when every copy was lost: the running slot
+    /// good, the other never to boot (nothing says what it holds).
+    pub fn recovered(board: &str, running: Slot, version: &str) -> Result<Self> {
+        let mut s = Self {
+            board: board.to_string(),
+            a: SlotFields::default(),
+            b: SlotFields::default(),
+        };
+        *s.get_mut(running) = SlotFields {
+            priority: 1,
+            tries: 0,
+            successful: true,
+            version: version.to_string(),
         };
         s.check()?;
         Ok(s)
@@ -203,16 +231,24 @@ impl SlotState {
         v
     }
 
-    /// The 1024-byte GRUB environment block.
-    pub fn to_env(&self) -> Result<Vec<u8>> {
+    /// The 1024-byte GRUB environment block of one copy: `kiln_gen=<generation>`, the
+    /// variables, `kiln_check=<generation>`, all within the first 512 bytes.
+    pub fn to_env(&self, generation: u32) -> Result<Vec<u8>> {
         self.check()?;
+        if generation > MAX_GENERATION {
+            bail!("slot state generation {generation} is above {MAX_GENERATION}, the largest GRUB compares");
+        }
         let mut s = String::from(ENV_HEADER);
+        s.push_str(&format!("kiln_gen={generation}\n"));
         for (k, v) in self.vars() {
             s.push_str(&format!("{k}={v}\n"));
         }
-        if s.len() > ENV_SIZE {
+        s.push_str(&format!("kiln_check={generation}\n"));
+        // The alphabet and 64-character limits of check() keep this far below 512 bytes; the
+        // check stays in case variables are added.
+        if s.len() > ENV_CONTENT_MAX {
             bail!(
-                "slot state needs {} bytes, more than a GRUB environment block ({ENV_SIZE})",
+                "slot state needs {} bytes, more than the one sector ({ENV_CONTENT_MAX} bytes) a state write may change",
                 s.len()
             );
         }
@@ -222,8 +258,9 @@ impl SlotState {
     }
 
     /// Parses a GRUB environment block holding kiln's variables. Other variables are ignored
-    /// (GRUB or a person may add some); a missing or malformed kiln variable is an error.
-    pub fn from_env(block: &[u8]) -> Result<Self> {
+    /// (GRUB or a person may add some); a missing or malformed kiln variable is an error, and
+    /// so is a generation whose two ends disagree (a torn or damaged copy).
+    pub fn from_env(block: &[u8]) -> Result<Parsed> {
         if block.len() != ENV_SIZE || !block.starts_with(ENV_HEADER.as_bytes()) {
             bail!(
                 "not a GRUB environment block ({} bytes; one is {ENV_SIZE} bytes starting with {:?})",
@@ -248,6 +285,15 @@ impl SlotState {
             vars.get(k)
                 .copied()
                 .with_context(|| format!("the slot state has no {k}"))
+        };
+        let generation = match (vars.get("kiln_gen"), vars.get("kiln_check")) {
+            (None, None) => None,
+            (Some(g), Some(c)) if g == c => Some(parse_generation(g)?),
+            (g, c) => bail!(
+                "the slot state is torn or damaged: kiln_gen={} but kiln_check={}",
+                g.unwrap_or(&"(none)"),
+                c.unwrap_or(&"(none)")
+            ),
         };
         let num = |k: &str| -> Result<u8> {
             let v = get(k)?;
@@ -276,7 +322,26 @@ impl SlotState {
             board: get("kiln_board")?.to_string(),
         };
         state.check()?;
-        Ok(state)
+        Ok(Parsed { state, generation })
+    }
+}
+
+/// A parsed copy of the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub state: SlotState,
+    /// `None` for a block written before generations existed.
+    pub generation: Option<u32>,
+}
+
+/// A generation as kiln writes it: decimal without leading zeros (GRUB would read those as
+/// octal), at most [`MAX_GENERATION`].
+fn parse_generation(g: &str) -> Result<u32> {
+    let ok =
+        !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) && (g == "0" || !g.starts_with('0'));
+    match g.parse::<u32>() {
+        Ok(n) if ok && n <= MAX_GENERATION => Ok(n),
+        _ => bail!("kiln_gen={g:?} in the slot state: expected 0..={MAX_GENERATION}"),
     }
 }
 
@@ -331,22 +396,67 @@ pub struct GrubEntry {
     pub cmdline: String,
 }
 
-/// GRUB's half of the rule, for grub.cfg: load the state, pick the slot as
-/// [`SlotState::next_boot`] does, write back the used try with `save_env`, and boot the
-/// chosen slot's kernel and initramfs. GRUB 2.06 has no arithmetic, so the decrement is a
-/// table. Only string tests and `-gt` on values kiln wrote are used; defaults set before
-/// `load_env` mean a missing or damaged block still leaves every variable a number.
+/// GRUB's half of the rule, for grub.cfg: find the valid copy of the state with the highest
+/// generation, load it, pick the slot as [`SlotState::next_boot`] does, write back the used
+/// try with `save_env` to that same copy, and boot the chosen slot's kernel and initramfs. GRUB 2.06 has no arithmetic, so the
+/// decrement is a table. Only string tests and `-gt` on values kiln wrote are used; defaults
+/// set before `load_env` mean a missing or damaged block still leaves every variable a number,
+/// and only kiln's own variables are loaded (a block cannot set `root` or `prefix`).
 pub fn grub_script(entries: &[GrubEntry]) -> String {
     let mut s = String::new();
-    s.push_str("# A/B slot selection: the state is the GRUB environment block /kiln/slots.env.\n");
+    s.push_str(&format!(
+        "# A/B slot selection. The state is kept twice, /{} and /{}, each with a generation\n\
+         # (kiln_gen first, kiln_check last; a copy is valid when they are equal): the valid copy\n\
+         # with the highest generation is the state, and a used try is written back to it.\n",
+        ENV_PATHS[0], ENV_PATHS[1]
+    ));
+    let mut vars = vec!["kiln_board".to_string()];
     for slot in Slot::ALL {
         let k = slot.key();
         s.push_str(&format!(
             "set kiln_{k}_priority=0\nset kiln_{k}_tries=0\nset kiln_{k}_successful=0\nset kiln_{k}_version=\n"
         ));
+        for f in ["priority", "tries", "successful", "version"] {
+            vars.push(format!("kiln_{k}_{f}"));
+        }
+    }
+    s.push_str("set kiln_state=\nset kiln_state_gen=0\n");
+    for (i, path) in ENV_PATHS.iter().enumerate() {
+        // The first valid copy is taken; the second only if its generation is higher.
+        let newer = if i == 0 {
+            String::new()
+        } else {
+            "-z \"$kiln_state\" -o \"$kiln_gen\" -gt \"$kiln_state_gen\"".to_string()
+        };
+        s.push_str(&format!(
+            "set kiln_gen=\nset kiln_check=\n\
+             if load_env -f /{path} kiln_gen kiln_check; then\n\
+             \x20   if [ -n \"$kiln_gen\" -a \"$kiln_gen\" = \"$kiln_check\" ]; then\n"
+        ));
+        if newer.is_empty() {
+            s.push_str(&format!(
+                "        set kiln_state=/{path}\n        set kiln_state_gen=\"$kiln_gen\"\n"
+            ));
+        } else {
+            s.push_str(&format!(
+                "        if [ {newer} ]; then\n\
+                 \x20           set kiln_state=/{path}\n\
+                 \x20           set kiln_state_gen=\"$kiln_gen\"\n\
+                 \x20       fi\n"
+            ));
+        }
+        s.push_str("    fi\nfi\n");
     }
     s.push_str(&format!(
-        "if load_env -f /{ENV_PATH}; then set kiln_env=ok; else echo 'kiln: cannot read /{ENV_PATH}'; fi\nset kiln_slot=\nset kiln_best=0\n"
+        "if [ -n \"$kiln_state\" ]; then\n\
+         \x20   load_env -f \"$kiln_state\" {}\n\
+         else\n\
+         \x20   echo 'kiln: cannot read the slot state (/{} or /{})'\n\
+         fi\n\
+         set kiln_slot=\nset kiln_best=0\n",
+        vars.join(" "),
+        ENV_PATHS[0],
+        ENV_PATHS[1]
     ));
     for slot in Slot::ALL {
         let k = slot.key();
@@ -377,11 +487,13 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
             ));
         }
         s.push_str("    fi\n");
+        // save_env rewrites the copy's sectors in place: the copy the state came from, so
+        // its generation stays the highest.
         s.push_str(&format!(
-            "    if save_env -f /{ENV_PATH} kiln_{k}_tries; then\n\
+            "    if save_env -f \"$kiln_state\" kiln_{k}_tries; then\n\
              \x20       echo \"kiln: trying USR-{} (tries left: $kiln_{k}_tries)\"\n\
              \x20   else\n\
-             \x20       echo 'kiln: cannot record the try in /{ENV_PATH}; not booting an unproven slot'\n\
+             \x20       echo \"kiln: cannot record the try in $kiln_state; not booting an unproven slot\"\n\
              \x20       set kiln_slot={}\n\
              \x20   fi\n",
             slot,
@@ -432,11 +544,37 @@ mod tests {
     #[test]
     fn env_block_round_trip_and_format() {
         let s = fresh();
-        let b = s.to_env().unwrap();
+        let b = s.to_env(7).unwrap();
         assert_eq!(b.len(), 1024);
-        assert!(b.starts_with(b"# GRUB Environment Block\nkiln_board=amd64-usr\n"));
+        assert!(b.starts_with(b"# GRUB Environment Block\nkiln_gen=7\nkiln_board=amd64-usr\n"));
         assert_eq!(*b.last().unwrap(), b'#');
-        assert_eq!(SlotState::from_env(&b).unwrap(), s);
+        let p = SlotState::from_env(&b).unwrap();
+        assert_eq!((p.state, p.generation), (s, Some(7)));
+        // The content ends with the check, inside the first sector; the second is padding.
+        let text = String::from_utf8(b[..512].to_vec()).unwrap();
+        assert!(text.contains("kiln_check=7\n#"), "{text}");
+        assert!(b[512..].iter().all(|&c| c == b'#'));
+    }
+
+    /// The largest state kiln can write (the longest board and versions, the highest
+    /// generation) still fits in one sector.
+    #[test]
+    fn the_largest_state_fits_in_one_sector() {
+        let long = "x".repeat(64);
+        let mut s = fresh();
+        s.board = long.clone();
+        for slot in Slot::ALL {
+            *s.get_mut(slot) = SlotFields {
+                priority: 15,
+                tries: 15,
+                successful: true,
+                version: long.clone(),
+            };
+        }
+        let b = s.to_env(MAX_GENERATION).unwrap();
+        let end = b.windows(11).position(|w| w == b"kiln_check=").unwrap();
+        assert!(end + 22 <= ENV_CONTENT_MAX, "content ends at {end}");
+        assert!(s.to_env(MAX_GENERATION + 1).is_err());
     }
 
     #[test]
@@ -447,49 +585,77 @@ mod tests {
             "grub-common is not installed: /usr/bin/grub-editenv is missing"
         );
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("env");
-        std::fs::write(&f, fresh().to_env().unwrap()).unwrap();
-        let out = std::process::Command::new(editenv)
-            .arg(&f)
-            .arg("list")
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("kiln_a_priority=1\n"), "{text}");
-        // GRUB's own writer, as save_env would: our parser reads the result.
-        let st = std::process::Command::new(editenv)
-            .arg(&f)
-            .args(["set", "kiln_a_tries=3", "extra=x"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let s = SlotState::from_env(&std::fs::read(&f).unwrap()).unwrap();
-        assert_eq!(s.a.tries, 3);
+        // Both copies, as the build writes them (generations 1 and 0).
+        for (i, path) in ENV_PATHS.iter().enumerate() {
+            let f = dir.path().join(path.replace('/', "_"));
+            std::fs::write(&f, fresh().to_env(1 - i as u32).unwrap()).unwrap();
+            let out = std::process::Command::new(editenv)
+                .arg(&f)
+                .arg("list")
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert!(text.contains("kiln_a_priority=1\n"), "{text}");
+            assert!(text.contains(&format!("kiln_gen={}\n", 1 - i)), "{text}");
+            assert!(text.contains(&format!("kiln_check={}\n", 1 - i)), "{text}");
+            // GRUB's own writer, as save_env would: our parser reads the result.
+            let st = std::process::Command::new(editenv)
+                .arg(&f)
+                .args(["set", "kiln_a_tries=3", "extra=x"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let p = SlotState::from_env(&std::fs::read(&f).unwrap()).unwrap();
+            assert_eq!(p.state.a.tries, 3);
+            assert_eq!(p.generation, Some(1 - i as u32));
+        }
     }
 
     #[test]
     fn bad_blocks_are_refused() {
         assert!(SlotState::from_env(&[b'#'; 1024]).is_err());
         assert!(SlotState::from_env(b"# GRUB Environment Block\n").is_err());
-        let mut b = fresh().to_env().unwrap();
-        let t = String::from_utf8(b.clone())
-            .unwrap()
-            .replace("kiln_a_tries=0", "kiln_a_tries=X");
-        b.copy_from_slice(t.as_bytes());
-        let e = SlotState::from_env(&b).unwrap_err().to_string();
+        let edit = |from: &str, to: &str| {
+            let t = String::from_utf8(fresh().to_env(3).unwrap())
+                .unwrap()
+                .replacen(from, to, 1);
+            let mut b = t.into_bytes();
+            b.resize(1024, b'#');
+            SlotState::from_env(&b).map(|p| p.generation)
+        };
+        let e = edit("kiln_a_tries=0", "kiln_a_tries=X")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kiln_a_tries"), "{e}");
-        let t = String::from_utf8(fresh().to_env().unwrap())
+        let e = edit("kiln_b_priority=0\n", "").unwrap_err().to_string();
+        assert!(e.contains("kiln_b_priority"), "{e}");
+        // A torn copy: its two ends disagree, or one is gone.
+        let e = edit("kiln_check=3", "kiln_check=2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("torn or damaged"), "{e}");
+        assert!(edit("kiln_check=3\n", "").is_err());
+        assert!(edit("kiln_gen=3\n", "").is_err());
+        // Generations as GRUB compares them: no leading zeros (octal to GRUB), no sign.
+        for g in ["03", "-1", "+3", "", "2147483648", "x"] {
+            let t = String::from_utf8(fresh().to_env(3).unwrap())
+                .unwrap()
+                .replace("=3\n", &format!("={g}\n"));
+            let mut b = t.into_bytes();
+            b.resize(1024, b'#');
+            assert!(SlotState::from_env(&b).is_err(), "generation {g:?}");
+        }
+        // A block from before generations: read, with no generation.
+        let t = String::from_utf8(fresh().to_env(3).unwrap())
             .unwrap()
-            .replace("kiln_b_priority=0\n", "");
+            .replace("kiln_gen=3\n", "")
+            .replace("kiln_check=3\n", "");
         let mut b = t.into_bytes();
         b.resize(1024, b'#');
-        assert!(SlotState::from_env(&b)
-            .unwrap_err()
-            .to_string()
-            .contains("kiln_b_priority"));
+        assert_eq!(SlotState::from_env(&b).unwrap().generation, None);
         let mut s = fresh();
         s.a.version = "1.0 $(x)".into();
-        assert!(s.to_env().is_err());
+        assert!(s.to_env(1).is_err());
     }
 
     #[test]
@@ -552,11 +718,14 @@ mod tests {
             title: "Kiln".into(),
             cmdline: "mount.usr=PARTUUID=x".into(),
         }]);
-        assert!(g.contains("load_env -f /kiln/slots.env"));
+        assert!(g.contains("load_env -f /kiln/slots.env kiln_gen kiln_check"));
+        assert!(g.contains("load_env -f /kiln/slots-b.env kiln_gen kiln_check"));
+        assert!(g.contains("-o \"$kiln_gen\" -gt \"$kiln_state_gen\" ]"));
+        assert!(g.contains("load_env -f \"$kiln_state\" kiln_board kiln_a_priority"));
         assert!(g.contains("set fallback=usr-b; else set fallback=usr-a"));
-        assert!(g.contains("save_env -f /kiln/slots.env kiln_b_tries"));
+        assert!(g.contains("save_env -f \"$kiln_state\" kiln_b_tries"));
         assert!(g.contains("elif [ \"$kiln_a_tries\" = 15 ]; then set kiln_a_tries=14\n"));
-        assert!(g.contains("linux /kiln/vmlinuz-b mount.usr=PARTUUID=x"));
+        assert!(g.contains("linux /kiln/vmlinuz-b mount.usr=PARTUUID=x\n"));
         assert!(g.contains("menuentry \"Kiln $kiln_b_version (USR-B)\" --id usr-b"));
     }
 }

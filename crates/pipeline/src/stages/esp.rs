@@ -1,5 +1,5 @@
 //! The ESP: GRUB for UEFI, grub.cfg (the A/B choice and a menu entry per slot), the initial
-//! slot state, and slot A's kernel and initramfs, as a FAT image.
+//! slot state (both copies), and slot A's kernel and initramfs, as a FAT image.
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +22,9 @@ pub struct Esp<'a> {
     pub kernel: &'a Built<KernelFiles>,
     pub initramfs: &'a Built<InitramfsImage>,
     pub grub: &'a Built<GrubImages>,
-    /// The GRUB environment block holding the initial slot state.
-    pub slots_env: Vec<u8>,
+    /// The GRUB environment blocks holding the initial slot state: one per copy
+    /// ([`state::ENV_PATHS`]), generations 1 and 0, so the first is the state.
+    pub slots_env: [Vec<u8>; 2],
     pub grub_cfg: String,
     /// `\EFI\BOOT\<name>`, for UEFI boards.
     pub efi_binary: Option<&'a str>,
@@ -43,9 +44,13 @@ impl<'a> Esp<'a> {
         grub: &'a Built<GrubImages>,
         tools: &'a str,
     ) -> Result<Self> {
-        let slots_env = initial_state(r, image)
-            .to_env()
-            .context("the initial slot state cannot be written")?;
+        let initial = initial_state(r, image);
+        let block = |generation| {
+            initial
+                .to_env(generation)
+                .context("the initial slot state cannot be written")
+        };
+        let slots_env = [block(1)?, block(0)?];
         let entries: Vec<GrubEntry> = Slot::ALL
             .iter()
             .map(|&slot| GrubEntry {
@@ -91,7 +96,8 @@ impl Stage for Esp<'_> {
             .add("kernel", &self.kernel.key)
             .add("initramfs", &self.initramfs.key)
             .add("grub", &self.grub.key)
-            .add("state", &self.slots_env)
+            .add("state", &self.slots_env[0])
+            .add("state-copy", &self.slots_env[1])
             .add("grub.cfg", &self.grub_cfg)
             .add("identity", &self.image.identity)
             .add("size", self.image.layout.esp().size.0.to_string())
@@ -100,10 +106,15 @@ impl Stage for Esp<'_> {
 
     fn build(&self, out: &Path) -> Result<()> {
         std::fs::write(out.join("grub.cfg"), &self.grub_cfg)?;
-        std::fs::write(out.join("slots.env"), &self.slots_env)?;
-        let mut files = vec![
-            ("/grub/grub.cfg".to_string(), out.join("grub.cfg")),
-            (format!("/{}", state::ENV_PATH), out.join("slots.env")),
+        let mut files = vec![("/grub/grub.cfg".to_string(), out.join("grub.cfg"))];
+        for (i, path) in state::ENV_PATHS.iter().enumerate() {
+            let host = out.join(format!("slots-{i}.env"));
+            std::fs::write(&host, &self.slots_env[i])?;
+            // A 1024-byte file on a fresh FAT gets contiguous clusters, which the agent
+            // checks before writing the copy in place.
+            files.push((format!("/{path}"), host));
+        }
+        files.extend([
             (
                 format!("/{}", state::kernel_path(Slot::A)),
                 self.kernel.vmlinuz.clone(),
@@ -112,7 +123,7 @@ impl Stage for Esp<'_> {
                 format!("/{}", state::initrd_path(Slot::A)),
                 self.initramfs.image.clone(),
             ),
-        ];
+        ]);
         if let Some(bin) = self.efi_binary {
             let efi = self
                 .grub
