@@ -216,6 +216,33 @@ pub fn boot_disk(image: &Path, firmware: &str, snapshot: bool) -> kiln_qemu::Boo
     kiln_qemu::Boot { console, ready }
 }
 
+/// `kiln run IMAGE --accel tcg --until-ready` with `extra` arguments (attached disks, the
+/// firmware, --snapshot): whether the ready line came, and the console. For boots that are
+/// meant to fail; QEMU stops at the guest's first reboot.
+pub fn run_until_ready(image: &Path, extra: &[&str]) -> (bool, Vec<String>) {
+    let (kiln, _) = binaries();
+    let o = Command::new(kiln)
+        .current_dir(root())
+        .args([
+            "run",
+            image.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--until-ready",
+        ])
+        .args(["--timeout", "300"])
+        .args(extra)
+        .output()
+        .expect("run kiln run");
+    // kiln's own error (a QEMU that would not start) ends the console.
+    let console = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&o.stderr).lines())
+        .map(String::from)
+        .collect();
+    (o.status.success(), console)
+}
+
 /// The public half of the development key the test builds are signed with.
 pub fn dev_public_key() -> PathBuf {
     minimal_out();

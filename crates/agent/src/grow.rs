@@ -49,6 +49,7 @@ pub fn grow(mount_point: &Path) -> Result<String> {
         bail!("{point} is {}, only ext4 is grown", m.fstype);
     }
     let part = blockdev::partition_of(m.major, m.minor)?;
+    blockdev::check_boot_disk(&part.disk, point)?;
     let disk_name = part
         .disk
         .file_name()

@@ -22,8 +22,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Print the /dev path of a partition: PARTUUID=<guid>, PARTLABEL=<gpt name>,
-    /// LABEL=<ext4 label> or a /dev path. Exits 1 if it is not (yet) there.
-    Find { spec: String },
+    /// LABEL=<ext4 label> or a /dev path. Exits 1 if it is not (yet) there, 2 if it matches
+    /// more than one partition of --disk.
+    Find {
+        spec: String,
+        /// Only partitions of this whole disk (the boot disk) [default: the first match on
+        /// any disk, as before kiln.disk= existed]
+        #[arg(long, value_name = "DEV")]
+        disk: Option<std::path::PathBuf>,
+    },
+    /// Print the whole disk holding the partition PARTUUID=<guid> (the ESP GRUB booted from,
+    /// given on the kernel command line as kiln.disk=). Exits 1 if no disk has it (yet), 2
+    /// if more than one does (copies of one image).
+    BootDisk { spec: String },
     /// The ready point: check the running system, mark the running slot good, and print the
     /// ready line on stdout: `kiln: ready version=.. slot=.. usr=ro|rw root=rw|ro oem=..`,
     /// the devices behind them and the slot the next boot takes.
@@ -74,7 +85,14 @@ enum UpdateCmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Find { spec } => blockdev::find(&spec).map(|dev| println!("{}", dev.display())),
+        Cmd::Find { spec, disk } => match disk {
+            Some(d) => blockdev::find_on(&d, &spec),
+            None => blockdev::find(&spec),
+        }
+        .map(|dev| println!("{}", dev.display())),
+        Cmd::BootDisk { spec } => {
+            blockdev::boot_disk(&spec).map(|dev| println!("{}", dev.display()))
+        }
         Cmd::Ready { no_mark_good } => ready(!no_mark_good),
         Cmd::Status => slots::status(),
         Cmd::MarkGood => slots::mark_good().map(|_| ()),
@@ -87,7 +105,8 @@ fn main() {
     };
     if let Err(e) = r {
         eprintln!("kiln-agent: {e:#}");
-        std::process::exit(1);
+        let ambiguous = e.chain().any(|c| c.is::<blockdev::Ambiguous>());
+        std::process::exit(if ambiguous { 2 } else { 1 });
     }
 }
 
@@ -159,11 +178,26 @@ fn ready(mark_good: bool) -> Result<()> {
             })
         })
         .unwrap_or_else(|| "none".into());
-    let oem_label = mi
+    let oem_part = mi
         .get("/usr/share/oem")
-        .and_then(|m| blockdev::partition_of(m.major, m.minor).ok())
-        .map(|p| p.label)
+        .and_then(|m| blockdev::partition_of(m.major, m.minor).ok());
+    let oem_label = oem_part
+        .as_ref()
+        .map(|p| p.label.clone())
         .unwrap_or_else(|| "none".into());
+    let dev = |p: &Option<blockdev::PartInfo>| {
+        p.as_ref()
+            .map(|p| p.dev.display().to_string())
+            .unwrap_or_else(|| "none".into())
+    };
+    // The disk everything came from: the one GRUB booted (kiln.disk=), else /usr's.
+    let disk = blockdev::cmdline_disk_spec()
+        .ok()
+        .flatten()
+        .and_then(|spec| blockdev::boot_disk(&spec).ok())
+        .or_else(|| usr_part.as_ref().map(|p| p.disk.clone()))
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "unknown".into());
     // The ready point is reached: this slot stays the one to fall back to.
     let next = if mark_good {
         match slots::mark_good() {
@@ -181,7 +215,7 @@ fn ready(mark_good: bool) -> Result<()> {
     };
     let next = next.unwrap_or_else(|| "unknown".into());
     println!(
-        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} root-fs-mib={root_mib} oem-partlabel={oem_label} next={next}",
+        "kiln: ready version={version} slot={slot} usr={} root={} oem={oem_id} usr-fs={} usr-partuuid={} usr-dev={} root-fs={} root-partlabel={} root-fs-mib={root_mib} oem-partlabel={oem_label} disk={disk} root-dev={} oem-dev={} next={next}",
         if usr_ro { "ro" } else { "rw" },
         if root_rw { "rw" } else { "ro" },
         usr.fstype,
@@ -189,6 +223,8 @@ fn ready(mark_good: bool) -> Result<()> {
         usr_part.as_ref().map(|p| p.dev.display().to_string()).unwrap_or_else(|| usr.source.clone()),
         root.fstype,
         root_part.as_ref().map(|p| p.label.clone()).unwrap_or_else(|| "none".into()),
+        dev(&root_part),
+        dev(&oem_part),
     );
     Ok(())
 }

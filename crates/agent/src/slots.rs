@@ -9,11 +9,13 @@ use kiln_update::state::{Slot, SlotState};
 
 use crate::{blockdev, mounts};
 
-/// The running slot and the whole disk it is on, from the device mounted at /usr.
+/// The running slot and the whole disk it is on, from the device mounted at /usr; that disk
+/// must be the one GRUB booted from (`kiln.disk=`), which the initramfs made sure of.
 fn running() -> Result<(Slot, PathBuf)> {
     let mi = mounts::MountInfo::read()?;
     let usr = mi.get("/usr").context("/usr is not a mount point")?;
     let part = blockdev::partition_of(usr.major, usr.minor)?;
+    blockdev::check_boot_disk(&part.disk, "/usr")?;
     let slot = Slot::from_guid(&part.part_guid).with_context(|| {
         format!(
             "/usr is {} (partition GUID {}), which is neither USR-A nor USR-B",

@@ -41,6 +41,14 @@ pub struct RunArgs {
     /// payload for `kiln-agent update apply /dev/vdb`, for instance. Repeatable.
     #[arg(long, value_name = "FILE")]
     attach: Vec<PathBuf>,
+    /// Attach FILE as a further writable disk (after the --attach ones): the guest's writes
+    /// stay in FILE, unless --snapshot. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    attach_rw: Vec<PathBuf>,
+    /// Device model of the --attach and --attach-rw disks: virtio-blk-pci, ide-hd (AHCI on
+    /// q35, /dev/sda...), scsi-hd, nvme, ...
+    #[arg(long, value_name = "MODEL", default_value = "virtio-blk-pci")]
+    attach_disk: String,
     /// Boot headless, print the console, exit 0 at the ready line (1 on failure or timeout).
     #[arg(long)]
     until_ready: bool,
@@ -125,12 +133,13 @@ pub fn run(a: RunArgs) -> Result<i32> {
             .unwrap_or_else(|| board.qemu.disk.clone()),
         read_only: false,
     }];
-    for f in &a.attach {
+    let attached = a.attach.iter().map(|f| (f, true));
+    for (f, read_only) in attached.chain(a.attach_rw.iter().map(|f| (f, false))) {
         disks.push(Disk {
             path: f.clone(),
             format: "raw".into(),
-            interface: "virtio-blk-pci".into(),
-            read_only: true,
+            interface: a.attach_disk.clone(),
+            read_only,
         });
     }
     if boot.as_ref().is_some_and(|b| b.config_drive) {

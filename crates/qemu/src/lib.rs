@@ -229,6 +229,13 @@ impl Vm {
                 "ide-hd" => format!("ide-hd,drive=d{i},bus=ide.{i}"),
                 other => format!("{other},drive=d{i}"),
             };
+            // With other disks attached (payloads, copies of other images), the firmware must
+            // still boot the image: it is the first disk, and first in the boot order.
+            let dev = if i == 0 && self.disks.len() > 1 {
+                format!("{dev},bootindex=0")
+            } else {
+                dev
+            };
             c.args(["-device", &dev]);
         }
         c.args([

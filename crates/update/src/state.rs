@@ -396,9 +396,15 @@ pub struct GrubEntry {
     pub cmdline: String,
 }
 
+/// The kernel argument that names the disk GRUB booted from: the partition GUID of the ESP
+/// it read grub.cfg from, as GRUB's `probe --part-uuid` found it at boot. The initramfs takes
+/// every partition from the one disk holding that GUID, and refuses two.
+pub const BOOT_DISK_ARG: &str = "kiln.disk";
+
 /// GRUB's half of the rule, for grub.cfg: find the valid copy of the state with the highest
 /// generation, load it, pick the slot as [`SlotState::next_boot`] does, write back the used
-/// try with `save_env` to that same copy, and boot the chosen slot's kernel and initramfs. GRUB 2.06 has no arithmetic, so the
+/// try with `save_env` to that same copy, and boot the chosen slot's kernel and initramfs
+/// with the boot disk's identity on the command line. GRUB 2.06 has no arithmetic, so the
 /// decrement is a table. Only string tests and `-gt` on values kiln wrote are used; defaults
 /// set before `load_env` mean a missing or damaged block still leaves every variable a number,
 /// and only kiln's own variables are loaded (a block cannot set `root` or `prefix`).
@@ -410,6 +416,11 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
          # with the highest generation is the state, and a used try is written back to it.\n",
         ENV_PATHS[0], ENV_PATHS[1]
     ));
+    // The disk GRUB booted from: the partition GUID of the ESP holding this grub.cfg.
+    s.push_str(
+        "set kiln_disk=\n\
+         if probe --set=kiln_disk --part-uuid \"$root\"; then set kiln_disk_found=1; else echo \"kiln: cannot read the partition GUID of $root; the initramfs will refuse to boot\"; fi\n",
+    );
     let mut vars = vec!["kiln_board".to_string()];
     for slot in Slot::ALL {
         let k = slot.key();
@@ -510,7 +521,7 @@ pub fn grub_script(entries: &[GrubEntry]) -> String {
         s.push_str(&format!(
             "\nmenuentry \"{} $kiln_{k}_version (USR-{})\" --id usr-{k} {{\n\
              \x20   echo 'kiln: loading /{}'\n\
-             \x20   linux /{} {}\n\
+             \x20   linux /{} {} {BOOT_DISK_ARG}=PARTUUID=$kiln_disk\n\
              \x20   initrd /{}\n\
              }}\n",
             e.title,
@@ -725,7 +736,10 @@ mod tests {
         assert!(g.contains("set fallback=usr-b; else set fallback=usr-a"));
         assert!(g.contains("save_env -f \"$kiln_state\" kiln_b_tries"));
         assert!(g.contains("elif [ \"$kiln_a_tries\" = 15 ]; then set kiln_a_tries=14\n"));
-        assert!(g.contains("linux /kiln/vmlinuz-b mount.usr=PARTUUID=x\n"));
+        assert!(g.contains("probe --set=kiln_disk --part-uuid \"$root\""));
+        assert!(g.contains(
+            "linux /kiln/vmlinuz-b mount.usr=PARTUUID=x kiln.disk=PARTUUID=$kiln_disk\n"
+        ));
         assert!(g.contains("menuentry \"Kiln $kiln_b_version (USR-B)\" --id usr-b"));
     }
 }
