@@ -232,7 +232,14 @@ pub fn slot(cmd: SlotCmd) -> Result<i32> {
     match cmd {
         SlotCmd::Status { image, json } => {
             let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
-            let st = Disk::open(img.raw(), false)?.state()?;
+            let disk = Disk::open(img.raw(), false)?;
+            let r = disk.read_store()?;
+            for (path, c) in &r.copies {
+                if let Err(e) = c {
+                    eprintln!("warning: the slot state's copy /{path} is not valid: {e}");
+                }
+            }
+            let st = disk.state()?;
             if json {
                 let v = serde_json::json!({
                     "image": image.display().to_string(),
