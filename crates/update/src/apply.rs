@@ -260,6 +260,16 @@ pub fn apply<R: Read + Seek>(
         state::kernel_path(target),
         state::initrd_path(target)
     ));
+    // Clusters a power cut during an earlier install left marked used are freed first, so
+    // cuts do not add up to a full ESP.
+    let esp = disk.open_esp()?;
+    let lost = esp.reclaim_lost_clusters()?;
+    esp.close()?;
+    if lost > 0 {
+        progress(&format!(
+            "freed {lost} clusters of the ESP that an interrupted install left behind"
+        ));
+    }
     let esp = disk.open_esp()?;
     esp.replace(&state::kernel_path(target), &kernel)?;
     esp.replace(&state::initrd_path(target), &initrd)?;

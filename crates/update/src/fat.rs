@@ -16,6 +16,11 @@ struct Geometry {
     base: u64,
     cluster_bytes: u64,
     fat_offset: u64,
+    /// Bytes of one FAT, and how many there are.
+    fat_len: u64,
+    fats: u64,
+    /// FAT32's FSInfo sector (bytes from the volume's start).
+    fsinfo: Option<u64>,
     /// FAT12, FAT16 or FAT32.
     bits: u32,
     /// FAT12/16: the fixed root directory (offset, bytes). FAT32: its first cluster.
@@ -51,6 +56,152 @@ impl Located {
         }
         Some(first.0)
     }
+}
+
+/// What the sectors of a FAT volume hold, for writing its changes in a safe order: each
+/// copy of the FAT, the directories, the FSInfo sector and the boot sector's status byte.
+/// Offsets are from the volume's start.
+#[derive(Debug, Clone)]
+pub struct Regions {
+    /// Each FAT copy, in order.
+    pub fats: Vec<(u64, u64)>,
+    /// The sectors of every directory (the root and all below it).
+    pub dirs: std::collections::BTreeSet<u64>,
+    pub fsinfo: Option<u64>,
+    /// The byte that holds the volume's dirty flag (0x41 on FAT32, 0x25 on FAT12/16).
+    pub status_byte: u64,
+    /// The reserved sectors (boot sector, FSInfo, backup boot sector) end here.
+    pub reserved_end: u64,
+}
+
+/// The [`Regions`] of the FAT volume at `base..base+len` of `dev`.
+pub fn regions(dev: &dyn BlockDev, base: u64, len: u64) -> Result<Regions> {
+    let g = Geometry::read(dev, base, len)?;
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut todo = vec![g.root.clone()];
+    // Directories may not loop; a volume with more than this many is not an ESP kiln made.
+    let mut seen = 0;
+    while let Some(d) = todo.pop() {
+        seen += 1;
+        ensure!(
+            seen <= 4096,
+            "more than 4096 directories on the FAT volume (a loop?)"
+        );
+        let ranges = match &d {
+            Root::Fixed { offset, len } => vec![(base + offset, *len)],
+            Root::Cluster(c) => g.chain(dev, u64::from(*c), 4 << 20)?,
+        };
+        for (off, l) in &ranges {
+            for s in (off - base) / 512..(off - base + l).div_ceil(512) {
+                dirs.insert(s * 512);
+            }
+        }
+        let bytes = g.dir_bytes(dev, &d)?;
+        for e in entries(&bytes, g.bits) {
+            if e.dir && e.short != "." && e.short != ".." && e.first >= 2 {
+                todo.push(Root::Cluster(
+                    u32::try_from(e.first)
+                        .context("a directory's first cluster is out of range")?,
+                ));
+            }
+        }
+    }
+    Ok(Regions {
+        fats: (0..g.fats)
+            .map(|i| (g.fat_offset + i * g.fat_len, g.fat_len))
+            .collect(),
+        dirs,
+        fsinfo: g.fsinfo,
+        status_byte: if g.bits == 32 { 0x41 } else { 0x25 },
+        reserved_end: g.fat_offset,
+    })
+}
+
+/// Clusters the FAT marks used that no file or directory refers to: what a power cut in the
+/// middle of allocating or freeing leaves. Each is returned as the byte offsets (from the
+/// volume's start) of its entry in every FAT copy and the entry's width, to be zeroed.
+pub fn lost_clusters(dev: &dyn BlockDev, base: u64, len: u64) -> Result<Vec<(Vec<u64>, usize)>> {
+    let g = Geometry::read(dev, base, len)?;
+    let mut used = std::collections::BTreeSet::new();
+    let mut todo = vec![g.root.clone()];
+    let mut seen = 0;
+    let mark = |used: &mut std::collections::BTreeSet<u64>, first: u64, max: u64| -> Result<()> {
+        let mut c = Some(first);
+        let mut n = 0u64;
+        while let Some(cl) = c {
+            ensure!(
+                n <= max,
+                "a FAT chain from cluster {first} is too long or loops"
+            );
+            if !used.insert(cl) {
+                break;
+            }
+            n += 1;
+            c = g.next(dev, cl)?;
+        }
+        Ok(())
+    };
+    while let Some(d) = todo.pop() {
+        seen += 1;
+        ensure!(
+            seen <= 4096,
+            "more than 4096 directories on the FAT volume (a loop?)"
+        );
+        if let Root::Cluster(c) = d {
+            mark(&mut used, u64::from(c), (4 << 20) / g.cluster_bytes)?;
+        }
+        let bytes = g.dir_bytes(dev, &d)?;
+        for e in entries(&bytes, g.bits) {
+            if e.short == "." || e.short == ".." || e.first < 2 {
+                continue;
+            }
+            if e.dir {
+                todo.push(Root::Cluster(
+                    u32::try_from(e.first)
+                        .context("a directory's first cluster is out of range")?,
+                ));
+            } else if g.valid_cluster(e.first) {
+                mark(&mut used, e.first, e.size.div_ceil(g.cluster_bytes) + 1)?;
+            }
+        }
+    }
+    // The FAT itself, read once: 4 bytes a cluster on FAT32, at most a few MiB.
+    let width = (g.bits / 8).max(2) as usize;
+    let mut table = vec![0u8; g.fat_len as usize];
+    dev.read_exact_at(&mut table, base + g.fat_offset)
+        .context("cannot read the FAT")?;
+    let mut lost = Vec::new();
+    for c in 2..g.cluster_count + 2 {
+        let v = match g.bits {
+            12 => {
+                let o = (c + c / 2) as usize;
+                let v = le16(&table, o);
+                if c % 2 == 1 {
+                    v >> 4
+                } else {
+                    v & 0xfff
+                }
+            }
+            16 => le16(&table, (c * 2) as usize),
+            _ => le32(&table, (c * 4) as usize) & 0x0fff_ffff,
+        };
+        let bad = match g.bits {
+            12 => 0xff7,
+            16 => 0xfff7,
+            _ => 0x0fff_fff7,
+        };
+        // FAT12 entries share bytes; kiln's ESPs are FAT32, so only FAT16/32 are reclaimed.
+        if v != 0 && v != bad && g.bits != 12 && !used.contains(&c) {
+            let off = c * width as u64;
+            lost.push((
+                (0..g.fats)
+                    .map(|i| g.fat_offset + i * g.fat_len + off)
+                    .collect(),
+                width,
+            ));
+        }
+    }
+    Ok(lost)
 }
 
 fn le16(b: &[u8], o: usize) -> u64 {
@@ -128,10 +279,17 @@ impl Geometry {
             (cluster_count + 2) * u64::from(bits) / 8 <= fat_sectors * bytes_per_sector,
             "FAT boot sector: the FAT is too small for {cluster_count} clusters"
         );
+        let fsinfo = match le16(&bs, 48) {
+            n if bits == 32 && n > 0 && n < reserved => Some(n * bytes_per_sector),
+            _ => None,
+        };
         Ok(Self {
             base,
             cluster_bytes: sectors_per_cluster * bytes_per_sector,
             fat_offset: reserved * bytes_per_sector,
+            fat_len: fat_sectors * bytes_per_sector,
+            fats,
+            fsinfo,
             bits,
             root,
             data_offset: meta * bytes_per_sector,
