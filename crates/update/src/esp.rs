@@ -409,3 +409,175 @@ impl Esp {
             .with_context(|| format!("{what}: cannot write the ESP"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::{FileDev, Op, Recording};
+
+    fn run(cmd: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(cmd)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd} (dosfstools/mtools) must be installed: {e}"))
+    }
+
+    fn ok(cmd: &str, args: &[&str]) {
+        let o = run(cmd, args);
+        assert!(
+            o.status.success(),
+            "{cmd}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// A FAT32 volume with /KILN/vmlinuz-b (40 KiB) and another file.
+    fn volume(d: &std::path::Path) -> std::path::PathBuf {
+        let img = d.join("esp.img");
+        let i = img.to_str().unwrap();
+        ok("mkfs.vfat", &["-F", "32", "-C", i, "65536", "-n", "T"]);
+        ok("mmd", &["-i", i, "::/KILN"]);
+        for (name, len) in [("KILN/vmlinuz-b", 40_000usize), ("KILN/keep", 3000)] {
+            let src = d.join("src");
+            std::fs::write(&src, vec![b'o'; len]).unwrap();
+            ok(
+                "mcopy",
+                &["-i", i, src.to_str().unwrap(), &format!("::/{name}")],
+            );
+        }
+        img
+    }
+
+    fn open(img: &std::path::Path) -> (Arc<Recording<FileDev>>, u64) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        (Arc::new(Recording::new(FileDev::new(f).unwrap())), len)
+    }
+
+    /// A replacement reaches the disk in the safe order: the old file's directory entry
+    /// before the FATs free its clusters; the new file's data, then FAT copy 0, then copy 1,
+    /// then its directory entry, each class synced before the next; FSInfo says "unknown"
+    /// before any FAT sector changes; the boot sector is never written.
+    #[test]
+    fn replace_writes_in_the_safe_order() {
+        let d = tempfile::tempdir().unwrap();
+        let img = volume(d.path());
+        let (rec, len) = open(&img);
+        let regions = fat::regions(rec.as_ref(), 0, len).unwrap();
+        let esp = Esp::open(rec.clone(), 0, len, "test").unwrap();
+        let new: Vec<u8> = (0..90_000u32).map(|x| (x % 251) as u8).collect();
+        esp.replace("KILN/vmlinuz-b", &new).unwrap();
+        esp.close().unwrap();
+        let ops = rec.take();
+        // Each write as (class, is the FSInfo sector), and the sync count before it.
+        let class = |o: u64| -> &'static str {
+            if o < 512 || (6 * 512..7 * 512).contains(&o) {
+                "boot"
+            } else if Some(o / 512 * 512) == regions.fsinfo {
+                "fsinfo"
+            } else if o < regions.reserved_end {
+                "reserved"
+            } else if (regions.fats[0].0..regions.fats[0].0 + regions.fats[0].1).contains(&o) {
+                "fat0"
+            } else if (regions.fats[1].0..regions.fats[1].0 + regions.fats[1].1).contains(&o) {
+                "fat1"
+            } else if regions.dirs.contains(&(o / 512 * 512)) {
+                "dir"
+            } else {
+                "data"
+            }
+        };
+        let mut seq: Vec<(&str, usize)> = Vec::new();
+        let mut syncs = 0;
+        for op in &ops {
+            match op {
+                Op::Sync => syncs += 1,
+                Op::Write { offset, data } => {
+                    for s in (*offset..offset + data.len() as u64).step_by(512) {
+                        let c = class(s);
+                        if seq.last().map(|l| l.0) != Some(c) {
+                            seq.push((c, syncs));
+                        }
+                    }
+                }
+            }
+        }
+        let names: Vec<&str> = seq.iter().map(|s| s.0).collect();
+        assert!(!names.contains(&"boot"), "{names:?}");
+        assert_eq!(
+            names,
+            [
+                "fsinfo", "dir", "fat0", "fat1", // the old file removed
+                "data", "fat0", "fat1", "dir",    // the new one written
+                "fsinfo"  // the free count, at close
+            ],
+            "{seq:?}"
+        );
+        // A sync between each class and the next.
+        for w in seq.windows(2) {
+            assert!(w[1].1 > w[0].1, "no sync between {w:?}");
+        }
+        assert_eq!(ops.last(), Some(&Op::Sync));
+        let o = run("fsck.vfat", &["-n", img.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        let out = d.path().join("out");
+        ok(
+            "mcopy",
+            &[
+                "-n",
+                "-i",
+                img.to_str().unwrap(),
+                "::/KILN/vmlinuz-b",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), new);
+    }
+
+    /// Clusters marked used that no file refers to (what a cut leaves) are freed in both FAT
+    /// copies; the files stay as they were and fsck finds nothing.
+    #[test]
+    fn lost_clusters_are_reclaimed() {
+        let d = tempfile::tempdir().unwrap();
+        let img = volume(d.path());
+        let i = img.to_str().unwrap();
+        let before = fat::lost_clusters(
+            &FileDev::new(std::fs::File::open(&img).unwrap()).unwrap(),
+            0,
+            std::fs::metadata(&img).unwrap().len(),
+        )
+        .unwrap();
+        assert!(before.is_empty(), "{before:?}");
+        // A chain of three clusters near the end, in both FATs, that nothing refers to.
+        let mut b = std::fs::read(&img).unwrap();
+        let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+        let fat_size = u64::from(u32::from_le_bytes(b[36..40].try_into().unwrap()));
+        for copy in 0..2u64 {
+            let fat = ((reserved + copy * fat_size) * 512) as usize;
+            for (c, next) in [(1000u32, 1001u32), (1001, 1002), (1002, 0x0fff_ffff)] {
+                let at = fat + c as usize * 4;
+                b[at..at + 4].copy_from_slice(&next.to_le_bytes());
+            }
+        }
+        std::fs::write(&img, &b).unwrap();
+        assert!(!run("fsck.vfat", &["-n", i]).status.success());
+        let (rec, len) = open(&img);
+        let esp = Esp::open(rec, 0, len, "test").unwrap();
+        assert_eq!(esp.reclaim_lost_clusters().unwrap(), 3);
+        esp.close().unwrap();
+        let o = run("fsck.vfat", &["-n", i]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        let (rec, len) = open(&img);
+        let esp = Esp::open(rec, 0, len, "test").unwrap();
+        assert_eq!(esp.reclaim_lost_clusters().unwrap(), 0);
+        assert_eq!(esp.read("KILN/vmlinuz-b").unwrap(), vec![b'o'; 40_000]);
+        assert_eq!(esp.read("KILN/keep").unwrap(), vec![b'o'; 3000]);
+        esp.close().unwrap();
+    }
+}
