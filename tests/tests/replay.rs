@@ -885,11 +885,12 @@ fn power_cut_replay_of_apply_mark_good_and_set_next() {
     }
     let failures = std::mem::take(&mut c.failures);
     boot_crash_images(&mut c, &boots, &mut report);
-    finish(&report, &failures, "apply");
+    // The images go before the verdict, so a failing run leaves none behind.
     for p in [base, live, c.work.clone()] {
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_dir_all(&c.scratch);
+    finish(&report, &failures, "apply");
 }
 
 /// grow-root's table code on a copy of the minimal image grown by 2 GiB.
@@ -945,11 +946,11 @@ fn power_cut_replay_of_grow_root() {
     findings(&c, &mut report);
     let failures = std::mem::take(&mut c.failures);
     boot_crash_images(&mut c, &boots, &mut report);
-    finish(&report, &failures, "grow");
     for p in [base, live, c.work.clone()] {
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_dir_all(&c.scratch);
+    finish(&report, &failures, "grow");
 }
 
 fn findings(c: &Checker, report: &mut String) {
