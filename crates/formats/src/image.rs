@@ -92,8 +92,125 @@ impl fmt::Display for ImageFormat {
     }
 }
 
+/// Refuses an image that makes QEMU and qemu-img read other files: a qcow2 with a backing
+/// file or an external data file, a VMDK descriptor file (its extents are other files) or one
+/// with a parent, a differencing VHD. Such an image can name any host file, whose bytes kiln
+/// would then show, copy, or hand to a guest read-write. The headers are checked before any
+/// qemu tool opens the image; qemu-img's own account of the files it reads is checked after.
+pub fn check_self_contained(path: &Path, format: ImageFormat) -> Result<()> {
+    let refuse = |what: String| -> Result<()> {
+        bail!(
+            "{} is a {format} image that reads other files ({what}): kiln reads only \
+             self-contained images (make one with qemu-img convert -O {})",
+            path.display(),
+            format.qemu_name().unwrap_or("raw")
+        )
+    };
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut head = Vec::new();
+    (&mut f).take(4096).read_to_end(&mut head)?;
+    let be64 = |o: usize| {
+        head.get(o..o + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+    };
+    match format {
+        ImageFormat::Qcow2 => {
+            if be64(8).is_some_and(|o| o != 0) {
+                return refuse("a backing file".into());
+            }
+            // qcow2 v3: incompatible feature bit 2 is an external data file.
+            let version = head
+                .get(4..8)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4")));
+            if version == Some(3) && be64(72).is_some_and(|f| f & 4 != 0) {
+                return refuse("an external data file".into());
+            }
+        }
+        ImageFormat::Vmdk => {
+            if head.starts_with(b"# Disk DescriptorFile") {
+                return refuse("a descriptor file, whose extents are other files".into());
+            }
+            let desc = embedded_vmdk_descriptor(&mut f, &head)?;
+            if desc.lines().any(|l| {
+                l.trim_start().starts_with("parentFileNameHint")
+                    && l.split_once('=')
+                        .is_some_and(|(_, v)| !v.trim().trim_matches('"').is_empty())
+            }) {
+                return refuse("a parent disk".into());
+            }
+        }
+        ImageFormat::Vhd => {
+            // The footer's disk type (offset 60): 4 is a differencing disk, which has a parent.
+            let mut footer = [0u8; 512];
+            if len >= 512 {
+                f.read_exact_at(&mut footer, len - 512)?;
+            }
+            let footer = if &footer[..8] == b"conectix" {
+                &footer[..]
+            } else {
+                &head[..head.len().min(512)]
+            };
+            if footer.get(60..64) == Some(&4u32.to_be_bytes()[..]) {
+                return refuse("a parent disk (a differencing VHD)".into());
+            }
+        }
+        ImageFormat::Raw | ImageFormat::Xz | ImageFormat::Gzip => return Ok(()),
+    }
+    let name = format.qemu_name().expect("not packed");
+    let others = qemu_img::info(path, name)?.external_files(path);
+    if !others.is_empty() {
+        return refuse(others.join(", "));
+    }
+    Ok(())
+}
+
+/// The descriptor a sparse VMDK embeds (offset and size in sectors at 28 and 36 of its
+/// header), at most 1 MiB.
+fn embedded_vmdk_descriptor(f: &mut File, head: &[u8]) -> Result<String> {
+    let le64 = |o: usize| {
+        head.get(o..o + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")))
+    };
+    let (offset, sectors) = (le64(28), le64(36));
+    if !head.starts_with(b"KDMV") || offset == 0 || sectors == 0 {
+        return Ok(String::new());
+    }
+    if sectors > 2048 {
+        bail!("the VMDK's embedded descriptor claims {sectors} sectors; a descriptor is small");
+    }
+    let mut d = vec![0u8; sectors as usize * 512];
+    f.read_exact_at(&mut d, offset.saturating_mul(512))
+        .context("the VMDK's embedded descriptor lies past the end of the file")?;
+    let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+    Ok(String::from_utf8_lossy(&d[..end]).into_owned())
+}
+
+/// Space an unpacked disk leaves free on its filesystem.
+const RESERVE: u64 = 512 << 20;
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .with_context(|| format!("{} has a NUL byte", dir.display()))?;
+    // SAFETY: statvfs fills a plain struct for a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot read the free space of {}", dir.display()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Unpacks a platform's packed disk (.xz, GCE .tar.gz) into `dir/disk.raw`, sparse.
 pub fn unpack(image: &Path, format: ImageFormat, dir: &Path) -> Result<PathBuf> {
+    let room = free_bytes(dir)?.saturating_sub(RESERVE);
+    unpack_within(image, format, dir, room)
+}
+
+/// [`unpack`], writing at most `room` bytes of data.
+fn unpack_within(image: &Path, format: ImageFormat, dir: &Path, room: u64) -> Result<PathBuf> {
     let raw = dir.join("disk.raw");
     match format {
         ImageFormat::Xz => {
@@ -105,6 +222,9 @@ pub fn unpack(image: &Path, format: ImageFormat, dir: &Path) -> Result<PathBuf> 
                 File::create(&raw).with_context(|| format!("cannot create {}", raw.display()))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut len = 0u64;
+            // A small .xz can decompress to far more data than the disk holds: stop short of
+            // filling the filesystem (zeros stay holes and cost nothing).
+            let mut data = 0u64;
             loop {
                 let mut n = 0;
                 while n < buf.len() {
@@ -121,6 +241,19 @@ pub fn unpack(image: &Path, format: ImageFormat, dir: &Path) -> Result<PathBuf> 
                 }
                 // Leave zeros as holes.
                 if buf[..n].iter().any(|&b| b != 0) {
+                    data += n as u64;
+                    if data > room {
+                        drop(out);
+                        let _ = std::fs::remove_file(&raw);
+                        bail!(
+                            "{} decompresses to more data than {} has room for ({}, keeping \
+                             {} free): it is not a disk kiln can unpack here",
+                            image.display(),
+                            dir.display(),
+                            kiln_fs::mib(room),
+                            kiln_fs::mib(RESERVE)
+                        );
+                    }
                     out.write_all_at(&buf[..n], len)?;
                 }
                 len += n as u64;
@@ -140,6 +273,16 @@ pub fn unpack(image: &Path, format: ImageFormat, dir: &Path) -> Result<PathBuf> 
                     image.display()
                 ))
                 .run()?;
+            // A symlink or hard link named disk.raw would hand another file to QEMU.
+            let m = std::fs::symlink_metadata(&raw)
+                .with_context(|| format!("{} holds no disk.raw", image.display()))?;
+            if !m.file_type().is_file() {
+                bail!(
+                    "{}: disk.raw is not a regular file (a link or another kind): a GCE image's \
+                     only member is the disk itself",
+                    image.display()
+                );
+            }
         }
         other => bail!("{} is {other}, not a packed disk", image.display()),
     }
@@ -169,6 +312,7 @@ impl WorkingCopy {
                 tmp: None,
             }),
             ImageFormat::Qcow2 => {
+                check_self_contained(path, ImageFormat::Qcow2)?;
                 let compat = qemu_img::info(path, "qcow2")?
                     .qcow2_compat()
                     .unwrap_or("1.1")
@@ -237,12 +381,14 @@ pub struct SparseView {
 impl SparseView {
     /// The GPT sectors of `image`, in `dir`.
     pub fn gpt(image: &Path, format: ImageFormat, dir: &Path) -> Result<Self> {
+        let kind = format;
         let format = format
             .qemu_name()
             .filter(|f| *f != "raw")
             .with_context(|| {
                 format!("{} is {format}: not a qcow2, vmdk or vhd", image.display())
             })?;
+        check_self_contained(image, kind)?;
         let size = qemu_img::info(image, format)?.virtual_size;
         let sectors = size / 512;
         if sectors < 68 {
@@ -338,6 +484,201 @@ mod tests {
         std::fs::write(&empty, b"").unwrap();
         assert_eq!(ImageFormat::detect(&empty).unwrap(), ImageFormat::Raw);
         assert!(ImageFormat::detect(&dir.path().join("missing")).is_err());
+    }
+
+    /// Images that name other files are refused before qemu-img or QEMU reads them, and the
+    /// refusal names what they read; kiln's own artifacts pass.
+    #[test]
+    fn images_that_read_other_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let secret = dir.join("secret.raw");
+        std::fs::write(&secret, vec![b's'; 1 << 20]).unwrap();
+        let qemu_img = |args: &[&str]| {
+            let o = std::process::Command::new("qemu-img")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "secret.raw",
+            "-F",
+            "raw",
+            "back.qcow2",
+        ]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=secret.raw,data_file_raw=on",
+            "data.qcow2",
+            "1M",
+        ]);
+        std::fs::write(
+            dir.join("desc.vmdk"),
+            "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+             createType=\"monolithicFlat\"\nRW 2048 FLAT \"secret.raw\" 0\n",
+        )
+        .unwrap();
+        // A single-file VMDK whose embedded descriptor names a parent.
+        let raw = make_raw(dir, 4 << 20);
+        let child = dir.join("child.vmdk");
+        convert(
+            &raw,
+            &DiskFormat::Vmdk {
+                subformat: VmdkSubformat::MonolithicSparse,
+                adapter: VmdkAdapter::Lsilogic,
+            },
+            &child,
+            &Stamp::default(),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&child).unwrap();
+        let at = bytes.windows(10).position(|w| w == b"parentCID=").unwrap();
+        let mut patched = bytes.clone();
+        let hint = b"parentFileNameHint=\"secret.raw\"\n";
+        patched.splice(at..at, hint.iter().copied());
+        patched.truncate(bytes.len());
+        std::fs::write(&child, &patched).unwrap();
+        // A differencing VHD: disk type 4 in its footer (checksum made right).
+        let vhd = dir.join("diff.vhd");
+        convert(
+            &raw,
+            &DiskFormat::Vhd {
+                subformat: VhdSubformat::Fixed,
+            },
+            &vhd,
+            &Stamp::default(),
+        )
+        .unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&vhd)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut footer = [0u8; 512];
+        f.read_exact_at(&mut footer, len - 512).unwrap();
+        footer[60..64].copy_from_slice(&4u32.to_be_bytes());
+        let sum = !footer
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(64..68).contains(i))
+            .fold(0u32, |a, (_, &b)| a.wrapping_add(b as u32));
+        footer[64..68].copy_from_slice(&sum.to_be_bytes());
+        f.write_all_at(&footer, len - 512).unwrap();
+        for (name, says) in [
+            ("back.qcow2", "a backing file"),
+            ("data.qcow2", "an external data file"),
+            ("desc.vmdk", "a descriptor file"),
+            ("child.vmdk", "a parent disk"),
+            ("diff.vhd", "a differencing VHD"),
+        ] {
+            let p = dir.join(name);
+            let format = ImageFormat::detect(&p).unwrap();
+            let e = check_self_contained(&p, format).unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains("self-contained"),
+                "{name}: {e}"
+            );
+            // Every reader of images refuses it too.
+            let work = tempfile::tempdir().unwrap();
+            assert!(SparseView::gpt(&p, format, work.path()).is_err(), "{name}");
+            if format == ImageFormat::Qcow2 {
+                assert!(WorkingCopy::open(&p, "test").is_err(), "{name}");
+            }
+        }
+        // kiln's own formats pass.
+        for (i, f) in [
+            DiskFormat::qcow2(),
+            DiskFormat::Vmdk {
+                subformat: VmdkSubformat::StreamOptimized,
+                adapter: VmdkAdapter::Lsilogic,
+            },
+            DiskFormat::Vhd {
+                subformat: VhdSubformat::Dynamic,
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = dir.join(format!("own-{i}.img"));
+            convert(&raw, f, &p, &Stamp::default()).unwrap();
+            check_self_contained(&p, ImageFormat::detect(&p).unwrap()).unwrap();
+        }
+        // Given relative to the working directory, a VMDK is still its own extent.
+        let vmdk = dir.join("own.vmdk");
+        convert(
+            &raw,
+            &DiskFormat::Vmdk {
+                subformat: VmdkSubformat::MonolithicSparse,
+                adapter: VmdkAdapter::Lsilogic,
+            },
+            &vmdk,
+            &Stamp::default(),
+        )
+        .unwrap();
+        check_self_contained(&vmdk, ImageFormat::Vmdk).unwrap();
+    }
+
+    /// An .xz that decompresses to more data than there is room for stops there and leaves
+    /// nothing behind; zeros are holes and do not count.
+    #[test]
+    fn an_xz_bomb_stops_short_of_filling_the_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data.raw");
+        std::fs::write(&data, vec![1u8; 4 << 20]).unwrap();
+        let xz = d.path().join("bomb.xz");
+        crate::xz_compress(&data, &xz, 1, 6, None).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let e = unpack_within(&xz, ImageFormat::Xz, out.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more data than"), "{e}");
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+        // 64 MiB of zeros is only holes.
+        let zeros = d.path().join("zeros.raw");
+        std::fs::File::create(&zeros)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let zxz = d.path().join("zeros.xz");
+        crate::xz_compress(&zeros, &zxz, 1, 0, None).unwrap();
+        let raw = unpack_within(&zxz, ImageFormat::Xz, out.path(), 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&raw).unwrap().len(), 64 << 20);
+    }
+
+    /// A GCE tarball whose disk.raw is a symlink does not hand its target to QEMU.
+    #[test]
+    fn a_gce_tarball_with_a_linked_disk_raw_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", src.join("disk.raw")).unwrap();
+        let tgz = d.path().join("evil.tar.gz");
+        let st = std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&src)
+            .arg("disk.raw")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = tempfile::tempdir().unwrap();
+        let e = unpack(&tgz, ImageFormat::Gzip, out.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk.raw is not a regular file"), "{e}");
     }
 
     #[test]
