@@ -33,33 +33,35 @@ impl ImageFormat {
             .take(512)
             .read_to_end(&mut head)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let head = head.as_slice();
-        if head.starts_with(b"QFI\xfb") {
-            return Ok(ImageFormat::Qcow2);
-        }
-        if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
-            return Ok(ImageFormat::Vmdk);
-        }
-        if head.starts_with(b"conectix") {
-            return Ok(ImageFormat::Vhd);
-        }
         let len = f.metadata()?.len();
+        let mut tail = [0u8; 8];
         if len >= 512 {
-            // A fixed VHD has its footer only at the end.
-            let mut tail = [0u8; 8];
             f.seek(SeekFrom::Start(len - 512))?;
             f.read_exact(&mut tail)?;
-            if &tail == b"conectix" {
-                return Ok(ImageFormat::Vhd);
-            }
+        }
+        Ok(Self::from_bytes(&head, (len >= 512).then_some(&tail[..])))
+    }
+
+    /// The format of a file whose first (up to) 512 bytes are `head` and whose last 512-byte
+    /// sector starts with `tail` (none for a shorter file).
+    pub fn from_bytes(head: &[u8], tail: Option<&[u8]>) -> Self {
+        if head.starts_with(b"QFI\xfb") {
+            return ImageFormat::Qcow2;
+        }
+        if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
+            return ImageFormat::Vmdk;
+        }
+        // A dynamic VHD has a copy of its footer first; a fixed one only at the end.
+        if head.starts_with(b"conectix") || tail.is_some_and(|t| t.starts_with(b"conectix")) {
+            return ImageFormat::Vhd;
         }
         if head.starts_with(b"\xfd7zXZ\0") {
-            return Ok(ImageFormat::Xz);
+            return ImageFormat::Xz;
         }
         if head.starts_with(b"\x1f\x8b") {
-            return Ok(ImageFormat::Gzip);
+            return ImageFormat::Gzip;
         }
-        Ok(ImageFormat::Raw)
+        ImageFormat::Raw
     }
 
     /// The name qemu-img and QEMU give the format; none for a packed file.
@@ -106,56 +108,18 @@ pub fn check_self_contained(path: &Path, format: ImageFormat) -> Result<()> {
             format.qemu_name().unwrap_or("raw")
         )
     };
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f.metadata()?.len();
-    let mut head = Vec::new();
-    (&mut f).take(4096).read_to_end(&mut head)?;
-    let be64 = |o: usize| {
-        head.get(o..o + 8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+    let read_at = |offset: u64, n: usize| -> Result<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        f.read_exact_at(&mut b, offset)?;
+        Ok(b)
     };
-    match format {
-        ImageFormat::Qcow2 => {
-            if be64(8).is_some_and(|o| o != 0) {
-                return refuse("a backing file".into());
-            }
-            // qcow2 v3: incompatible feature bit 2 is an external data file.
-            let version = head
-                .get(4..8)
-                .map(|b| u32::from_be_bytes(b.try_into().expect("4")));
-            if version == Some(3) && be64(72).is_some_and(|f| f & 4 != 0) {
-                return refuse("an external data file".into());
-            }
-        }
-        ImageFormat::Vmdk => {
-            if head.starts_with(b"# Disk DescriptorFile") {
-                return refuse("a descriptor file, whose extents are other files".into());
-            }
-            let desc = embedded_vmdk_descriptor(&mut f, &head)?;
-            if desc.lines().any(|l| {
-                l.trim_start().starts_with("parentFileNameHint")
-                    && l.split_once('=')
-                        .is_some_and(|(_, v)| !v.trim().trim_matches('"').is_empty())
-            }) {
-                return refuse("a parent disk".into());
-            }
-        }
-        ImageFormat::Vhd => {
-            // The footer's disk type (offset 60): 4 is a differencing disk, which has a parent.
-            let mut footer = [0u8; 512];
-            if len >= 512 {
-                f.read_exact_at(&mut footer, len - 512)?;
-            }
-            let footer = if &footer[..8] == b"conectix" {
-                &footer[..]
-            } else {
-                &head[..head.len().min(512)]
-            };
-            if footer.get(60..64) == Some(&4u32.to_be_bytes()[..]) {
-                return refuse("a parent disk (a differencing VHD)".into());
-            }
-        }
-        ImageFormat::Raw | ImageFormat::Xz | ImageFormat::Gzip => return Ok(()),
+    if let Some(what) = header_refusal(format, len, &read_at)? {
+        return refuse(what);
+    }
+    if format.is_packed() || format == ImageFormat::Raw {
+        return Ok(());
     }
     let name = format.qemu_name().expect("not packed");
     let others = qemu_img::info(path, name)?.external_files(path);
@@ -165,9 +129,71 @@ pub fn check_self_contained(path: &Path, format: ImageFormat) -> Result<()> {
     Ok(())
 }
 
+/// What in an image's headers names another file, if anything: the check
+/// [`check_self_contained`] makes before any qemu tool opens the file. `read_at(offset, n)`
+/// reads `n` bytes of the file (of `len` bytes).
+pub fn header_refusal(
+    format: ImageFormat,
+    len: u64,
+    read_at: &dyn Fn(u64, usize) -> Result<Vec<u8>>,
+) -> Result<Option<String>> {
+    let head = read_at(0, len.min(4096) as usize)?;
+    let be64 = |o: usize| {
+        head.get(o..o + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+    };
+    Ok(match format {
+        ImageFormat::Qcow2 => {
+            // qcow2 v3: incompatible feature bit 2 is an external data file.
+            let version = head
+                .get(4..8)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4")));
+            if be64(8).is_some_and(|o| o != 0) {
+                Some("a backing file".into())
+            } else if version == Some(3) && be64(72).is_some_and(|f| f & 4 != 0) {
+                Some("an external data file".into())
+            } else {
+                None
+            }
+        }
+        ImageFormat::Vmdk => {
+            if head.starts_with(b"# Disk DescriptorFile") {
+                Some("a descriptor file, whose extents are other files".into())
+            } else if embedded_vmdk_descriptor(&head, read_at)?.lines().any(|l| {
+                l.trim_start().starts_with("parentFileNameHint")
+                    && l.split_once('=')
+                        .is_some_and(|(_, v)| !v.trim().trim_matches('"').is_empty())
+            }) {
+                Some("a parent disk".into())
+            } else {
+                None
+            }
+        }
+        ImageFormat::Vhd => {
+            // The footer's disk type (offset 60): 4 is a differencing disk, which has a parent.
+            let end = if len >= 512 {
+                read_at(len - 512, 512)?
+            } else {
+                Vec::new()
+            };
+            let footer = if end.starts_with(b"conectix") {
+                &end[..]
+            } else {
+                &head[..]
+            };
+            (footer.get(60..64) == Some(&4u32.to_be_bytes()[..]))
+                .then(|| "a parent disk (a differencing VHD)".into())
+        }
+        ImageFormat::Raw | ImageFormat::Xz | ImageFormat::Gzip => None,
+    })
+}
+
 /// The descriptor a sparse VMDK embeds (offset and size in sectors at 28 and 36 of its
 /// header), at most 1 MiB.
-fn embedded_vmdk_descriptor(f: &mut File, head: &[u8]) -> Result<String> {
+fn embedded_vmdk_descriptor(
+    head: &[u8],
+    read_at: &dyn Fn(u64, usize) -> Result<Vec<u8>>,
+) -> Result<String> {
     let le64 = |o: usize| {
         head.get(o..o + 8)
             .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")))
@@ -179,8 +205,7 @@ fn embedded_vmdk_descriptor(f: &mut File, head: &[u8]) -> Result<String> {
     if sectors > 2048 {
         bail!("the VMDK's embedded descriptor claims {sectors} sectors; a descriptor is small");
     }
-    let mut d = vec![0u8; sectors as usize * 512];
-    f.read_exact_at(&mut d, offset.saturating_mul(512))
+    let d = read_at(offset.saturating_mul(512), sectors as usize * 512)
         .context("the VMDK's embedded descriptor lies past the end of the file")?;
     let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
     Ok(String::from_utf8_lossy(&d[..end]).into_owned())
