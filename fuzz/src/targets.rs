@@ -7,8 +7,11 @@ use std::io::Cursor;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
+/// A target: bytes in, nothing out (a panic is the finding).
+pub type Target = fn(&[u8]);
+
 /// Every target, by name: the name is the binary's and the corpus directory's.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("payload", payload),
     ("gpt", gpt),
     ("env_block", env_block),
