@@ -6,6 +6,7 @@ pub mod esp;
 pub mod keys;
 pub mod payload;
 pub mod state;
+pub mod version;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
