@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_disk::{plan, Attributes, PartitionSpec, Slot};
-use kiln_update::apply::{apply, Disk};
+use kiln_update::apply::{apply, Disk, Options, Running};
 use kiln_update::payload::{self, Meta, SectionName};
 use kiln_update::state::{SlotFields, SlotState, ENV_PATH};
 use kiln_update::SigningKey;
@@ -59,7 +59,7 @@ fn make_disk(dir: &Path) -> PathBuf {
             priority: 1,
             tries: 0,
             successful: true,
-            version: "1".into(),
+            version: "1.0.0".into(),
         },
     )
     .unwrap();
@@ -111,7 +111,7 @@ fn make_payload(dir: &Path, name: &str, board: &str, usr: &[u8], k: &SigningKey)
         &Meta {
             os_id: "kiln".into(),
             os_name: "Kiln".into(),
-            version: "2".into(),
+            version: "2.0.0".into(),
             board: board.into(),
             arch: "amd64".into(),
             created: 0,
@@ -128,6 +128,16 @@ fn make_payload(dir: &Path, name: &str, board: &str, usr: &[u8], k: &SigningKey)
     )
     .unwrap();
     out
+}
+
+/// The system of the test disk, running from A.
+fn running_a() -> Running {
+    Running {
+        slot: Slot::A,
+        os_id: "kiln".into(),
+        arch: "amd64".into(),
+        version: "1.0.0".into(),
+    }
 }
 
 fn slot_bytes(disk: &Disk, path: &Path, s: Slot, n: usize) -> Vec<u8> {
@@ -154,15 +164,15 @@ fn apply_writes_the_passive_slot_and_commits_last() {
         &disk,
         &mut std::fs::File::open(&p).unwrap(),
         &[key(7).verifying_key()],
-        Slot::A,
-        1,
+        &running_a(),
+        &Options::default(),
         &mut |m| lines.push(m.to_string()),
     )
     .unwrap();
     assert_eq!(done.slot, Slot::B);
     let st = disk.state().unwrap();
     assert_eq!((st.b.priority, st.b.tries, st.b.successful), (2, 1, false));
-    assert_eq!(st.b.version, "2");
+    assert_eq!(st.b.version, "2.0.0");
     assert_eq!((st.a.priority, st.a.successful), (1, true));
     assert_eq!(slot_bytes(&disk, &img, Slot::B, usr.len()), usr);
     assert_eq!(slot_bytes(&disk, &img, Slot::A, 4096), vec![0xaa; 4096]);
@@ -180,8 +190,11 @@ fn apply_writes_the_passive_slot_and_commits_last() {
         &disk,
         &mut std::fs::File::open(&p).unwrap(),
         &[key(7).verifying_key()],
-        Slot::A,
-        3,
+        &running_a(),
+        &Options {
+            tries: 3,
+            ..Options::default()
+        },
         &mut |_| {},
     )
     .unwrap();
@@ -238,8 +251,8 @@ fn refusals_write_nothing() {
             &disk,
             &mut std::fs::File::open(&p).unwrap(),
             &[k.verifying_key()],
-            Slot::A,
-            1,
+            &running_a(),
+            &Options::default(),
             &mut |_| {},
         )
         .unwrap_err();
@@ -279,7 +292,7 @@ fn a_failure_while_writing_leaves_the_target_unbootable() {
         &Meta {
             os_id: "kiln".into(),
             os_name: "Kiln".into(),
-            version: "2".into(),
+            version: "2.0.0".into(),
             board: "test-board".into(),
             arch: "amd64".into(),
             created: 0,
@@ -300,15 +313,15 @@ fn a_failure_while_writing_leaves_the_target_unbootable() {
         priority: 1,
         tries: 0,
         successful: true,
-        version: "0".into(),
+        version: "0.9.0".into(),
     };
     disk.write_state(&st).unwrap();
     let e = apply(
         &disk,
         &mut std::fs::File::open(&p).unwrap(),
         &[key(7).verifying_key()],
-        Slot::A,
-        1,
+        &running_a(),
+        &Options::default(),
         &mut |_| {},
     )
     .unwrap_err();
