@@ -125,15 +125,20 @@ impl<'a> Erofs<'a> {
             );
         }
         let mut v = vec![0u8; ino.size as usize];
-        let start = ino
-            .blkaddr
-            .checked_mul(self.block)
-            .context("corrupt EROFS: a block address out of range")?;
+        // A file whose data is all inline has no block address (EROFS_NULL_ADDR, all ones).
+        let start = || {
+            ino.blkaddr
+                .checked_mul(self.block)
+                .context("corrupt EROFS: a block address out of range")
+        };
         match ino.layout {
-            0 => self.read_at(start, &mut v)?,
+            0 if v.is_empty() => {}
+            0 => self.read_at(start()?, &mut v)?,
             2 => {
                 let full = (ino.size / self.block * self.block) as usize;
-                self.read_at(start, &mut v[..full])?;
+                if full > 0 {
+                    self.read_at(start()?, &mut v[..full])?;
+                }
                 self.read_at(ino.inline_at, &mut v[full..])?;
             }
             1 | 3 => bail!("{what} is compressed; kiln reads only uncompressed files of EROFS"),
@@ -199,5 +204,73 @@ impl<'a> Erofs<'a> {
             bail!("/{seen} is not a regular file");
         }
         self.data(&ino, max, &format!("/{seen}")).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A USR tree made by mkfs.erofs with lz4 (as the minimal recipe's is), placed at an
+    /// offset inside a larger file like a partition of a disk image.
+    #[test]
+    fn reads_os_release_out_of_an_erofs_made_by_mkfs_erofs() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("usr");
+        std::fs::create_dir_all(src.join("lib/kiln")).unwrap();
+        std::fs::write(src.join("lib/os-release"), "NAME=\"Kiln\"\nID=kiln\n").unwrap();
+        // Enough names that /lib takes more than one directory block.
+        for i in 0..600 {
+            std::fs::write(
+                src.join(format!("lib/file-with-a-long-name-{i:04}")),
+                [i as u8],
+            )
+            .unwrap();
+        }
+        std::fs::write(src.join("lib/big"), vec![b'x'; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink("os-release", src.join("lib/link")).unwrap();
+        let img = d.path().join("usr.erofs");
+        let o = std::process::Command::new("mkfs.erofs")
+            .arg("-zlz4hc")
+            .arg(&img)
+            .arg(&src)
+            .output()
+            .expect("mkfs.erofs (erofs-utils) must be installed");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let fs_bytes = std::fs::read(&img).unwrap();
+        let disk = d.path().join("disk");
+        let at = 3 << 20;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&disk)
+            .unwrap();
+        f.write_all_at(&fs_bytes, at).unwrap();
+        f.set_len(at + fs_bytes.len() as u64 + (1 << 20)).unwrap();
+        let e = Erofs::open(&f, at, fs_bytes.len() as u64).unwrap().unwrap();
+        assert_eq!(
+            e.read_file("lib/os-release", 4096).unwrap().unwrap(),
+            b"NAME=\"Kiln\"\nID=kiln\n"
+        );
+        assert_eq!(
+            e.read_file("lib/file-with-a-long-name-0599", 16)
+                .unwrap()
+                .unwrap(),
+            [87]
+        );
+        assert!(e.read_file("lib/missing", 4096).unwrap().is_none());
+        let big = e.read_file("lib/big", 4096).unwrap_err().to_string();
+        assert!(big.contains("more than the 4096"), "{big}");
+        let big = e.read_file("lib/big", 2 << 20).unwrap_err().to_string();
+        assert!(big.contains("is compressed"), "{big}");
+        let link = e.read_file("lib/link", 4096).unwrap_err().to_string();
+        assert!(link.contains("not a regular file"), "{link}");
+        assert!(e.read_file("lib/os-release/x", 4096).is_err());
+        // Not EROFS, or cut short: no filesystem, or an error, never a panic.
+        assert!(Erofs::open(&f, 0, 1 << 20).unwrap().is_none());
+        let short = Erofs::open(&f, at, 8192).unwrap().unwrap();
+        assert!(short.read_file("lib/os-release", 4096).is_err());
     }
 }
