@@ -751,7 +751,20 @@ fn a_huge_esp_in_a_tiny_image_is_refused_before_copying() {
     let payload = dir.path().join("unused.payload");
     std::fs::write(&payload, b"not read").unwrap();
     let pub_key = format!("{}.pub", key.display());
-    let sum = |p: &Path| tool("sha256sum", &[p.to_str().unwrap()]);
+    // The qcow2 whole; of the 2 TiB sparse raw, what holds data (its GPT at both ends) and
+    // its mtime.
+    let sum = |p: &Path| {
+        if p == q.as_path() {
+            return tool("sha256sum", &[p.to_str().unwrap()]);
+        }
+        let len = std::fs::metadata(p).unwrap().len();
+        let m = std::fs::metadata(p).unwrap().modified().unwrap();
+        format!(
+            "{} {} {m:?}",
+            range_hash(p, 0, 1 << 20),
+            range_hash(p, len - (1 << 20), 1 << 20)
+        )
+    };
     let (raw_sum, q_sum) = (sum(&raw), sum(&q));
     for img in [&q, &raw] {
         let i = img.to_str().unwrap();
@@ -832,7 +845,7 @@ fn downgrades_and_updates_from_an_untried_slot_in_the_guest() {
         let o = kiln(&args);
         assert_eq!(o.status.code(), Some(1), "{}", text(&o));
         assert!(
-            text(&o).contains("is in use: a running VM (QEMU) has it open for writing"),
+            text(&o).contains("is in use: QEMU has it open"),
             "{}",
             text(&o)
         );
