@@ -230,55 +230,84 @@ pub fn dev_public_key() -> PathBuf {
 pub fn update_payloads() -> &'static (PathBuf, PathBuf) {
     static P: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     P.get_or_init(|| {
-        minimal_out();
-        let _l = lock("updates.lock");
-        let dir = test_dir().join("updates");
-        let marker = dir.join(format!(
-            ".built-for-{}",
-            std::os::unix::process::parent_id()
-        ));
-        let (v2, v3) = (dir.join("v2_update.payload"), dir.join("v3_update.payload"));
-        if marker.exists() {
-            return (v2, v3);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let minimal = std::fs::read_to_string(root().join("recipes/minimal.toml")).unwrap();
         let overlay = root().join("recipes/minimal/overlay");
         let broken = root().join("tests/data/never-ready");
-        for (name, version, overlays) in [
-            ("v2", "0.2.0", format!("[{overlay:?}]")),
-            ("v3", "0.3.0", format!("[{overlay:?}, {broken:?}]")),
-        ] {
-            let recipe = minimal
-                .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
-                .replace(
-                    "overlays = [\"minimal/overlay\"]",
-                    &format!("overlays = {overlays}"),
-                );
-            assert_ne!(recipe, minimal);
-            let path = dir.join(format!("{name}.toml"));
-            std::fs::write(&path, recipe).unwrap();
-            let o = kiln(&[
-                "build",
-                path.to_str().unwrap(),
-                "--board-dir",
-                "board-profiles",
-                "--platform",
-                "none",
-                "--dev-key",
-                "--output",
-                dir.to_str().unwrap(),
-            ]);
-            assert!(
-                o.status.success(),
-                "kiln build {name} failed:\n{}",
-                text(&o)
-            );
-        }
-        std::fs::write(&marker, "").unwrap();
-        (v2, v3)
+        let built = build_payloads(
+            "updates",
+            &[
+                ("v2", "0.2.0", format!("[{overlay:?}]")),
+                ("v3", "0.3.0", format!("[{overlay:?}, {broken:?}]")),
+            ],
+        );
+        (built[0].clone(), built[1].clone())
     })
+}
+
+/// The payload of an older release of the minimal recipe, for downgrades: 0.0.9, below the
+/// image's 0.1.0, whose ready point does not mark its slot good (an operator would), so it
+/// runs untried for a whole boot. Built once per test run (board image only).
+pub fn old_payload() -> &'static PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let overlay = root().join("recipes/minimal/overlay");
+        let unmarked = root().join("tests/data/no-mark-good");
+        build_payloads(
+            "updates-old",
+            &[("v0", "0.0.9", format!("[{overlay:?}, {unmarked:?}]"))],
+        )
+        .remove(0)
+    })
+}
+
+/// Builds each (name, version, overlays) variant of the minimal recipe into
+/// `target/kiln-test/<dir>` once per test run; returns their payloads in order.
+fn build_payloads(dir_name: &str, variants: &[(&str, &str, String)]) -> Vec<PathBuf> {
+    minimal_out();
+    let _l = lock(&format!("{dir_name}.lock"));
+    let dir = test_dir().join(dir_name);
+    let marker = dir.join(format!(
+        ".built-for-{}",
+        std::os::unix::process::parent_id()
+    ));
+    let payloads: Vec<PathBuf> = variants
+        .iter()
+        .map(|(name, _, _)| dir.join(format!("{name}_update.payload")))
+        .collect();
+    if marker.exists() {
+        return payloads;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let minimal = std::fs::read_to_string(root().join("recipes/minimal.toml")).unwrap();
+    for (name, version, overlays) in variants {
+        let recipe = minimal
+            .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+            .replace(
+                "overlays = [\"minimal/overlay\"]",
+                &format!("overlays = {overlays}"),
+            );
+        assert_ne!(recipe, minimal);
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, recipe).unwrap();
+        let o = kiln(&[
+            "build",
+            path.to_str().unwrap(),
+            "--board-dir",
+            "board-profiles",
+            "--platform",
+            "none",
+            "--dev-key",
+            "--output",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            o.status.success(),
+            "kiln build {name} failed:\n{}",
+            text(&o)
+        );
+    }
+    std::fs::write(&marker, "").unwrap();
+    payloads
 }
 
 /// A copy of board-profiles/ as `<dir>/boards`, with kernel-config/ beside it (the platform

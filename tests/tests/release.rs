@@ -467,7 +467,7 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
     let keys = fake.join("usr/share/kiln/update-keys");
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::copy(&releases().public, keys.join("release.pub")).unwrap();
-    let check = |running: &str, board_name: &str| {
+    let check_with = |running: &str, board_name: &str, extra: &[&str]| {
         std::fs::write(
             fake.join("usr/lib/os-release"),
             format!("VERSION=\"{running}\"\nKILN_BOARD={board_name}\n"),
@@ -478,20 +478,36 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
             .arg(board.join("channels/alpha"))
             .arg("--root")
             .arg(&fake)
+            .args(extra)
             .output()
             .unwrap();
         (o.status.code(), text(&o))
     };
+    let check = |running: &str, board_name: &str| check_with(running, board_name, &[]);
     std::fs::create_dir_all(fake.join("usr/lib")).unwrap();
+    // The channel (366.1.0) is older than what runs (366.1.1): a downgrade offer, refused
+    // unless allowed.
     let (code, t) = check(V2, "amd64-usr");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("channel alpha offers 366.1.0")
+            && t.contains("version 366.1.0 is older than the running 366.1.1"),
+        "{t}"
+    );
+    let (code, t) = check_with(V2, "amd64-usr", &["--allow-downgrade"]);
     assert_eq!(code, Some(0), "{t}");
+    // The seq it saw is kept on the image's ROOT.
+    assert_eq!(
+        std::fs::read_to_string(fake.join("var/lib/kiln/channels/alpha.seq")).unwrap(),
+        "3\n"
+    );
     let path = t
         .split_once("): payload ")
         .and_then(|(_, r)| r.rsplit_once(" ("))
         .map(|(p, _)| p)
         .unwrap_or_else(|| panic!("no payload in {t}"));
     assert!(
-        t.starts_with("kiln-agent: channel alpha offers 366.1.0 (running 366.1.1)"),
+        t.contains("kiln-agent: channel alpha offers 366.1.0 (running 366.1.1)"),
         "{t}"
     );
     assert_eq!(

@@ -437,17 +437,30 @@ impl SparseView {
         Ok(v)
     }
 
-    /// Copies sectors `first..end` of the image to the same place in the view.
+    /// Copies sectors `first..end` of the image to the same place in the view: at most
+    /// [`SparseView::MAX_COPY`] bytes, inside the disk, streamed rather than held in memory.
     pub fn copy(&self, first: u64, end: u64) -> Result<()> {
+        let sectors = std::fs::metadata(&self.raw)?.len() / 512;
+        if first >= end || end > sectors || (end - first) * 512 > Self::MAX_COPY {
+            bail!(
+                "{}: refusing to copy sectors {first}..{end}: the disk has {sectors}, and kiln copies at most {} MiB of it",
+                self.image.display(),
+                Self::MAX_COPY >> 20
+            );
+        }
         let part = self.dir.join(format!("part-{first}.raw"));
         // qemu-img dd counts `count` from the start of the image, skipped blocks included.
         qemu_img::dd(&self.image, self.format, &part, 512, first, end)?;
-        let data = std::fs::read(&part)?;
-        let to = std::fs::OpenOptions::new().write(true).open(&self.raw)?;
-        to.write_all_at(&data, first * 512)?;
+        let mut from = File::open(&part)?.take((end - first) * 512);
+        let mut to = std::fs::OpenOptions::new().write(true).open(&self.raw)?;
+        to.seek(SeekFrom::Start(first * 512))?;
+        std::io::copy(&mut from, &mut to)?;
         std::fs::remove_file(&part)?;
         Ok(())
     }
+
+    /// The most [`SparseView::copy`] copies at once (a kiln ESP is 128 MiB).
+    pub const MAX_COPY: u64 = 1 << 30;
 
     /// The view, a raw file.
     pub fn path(&self) -> &Path {

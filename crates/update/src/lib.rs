@@ -2,10 +2,14 @@
 
 pub mod apply;
 pub mod channel;
+pub mod erofs;
 pub mod esp;
 pub mod keys;
+pub mod lock;
 pub mod payload;
 pub mod state;
+pub mod system;
+pub mod version;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
