@@ -905,3 +905,128 @@ fn downgrades_and_updates_from_an_untried_slot_in_the_guest() {
     assert_eq!(slot(&st, "b"), (1, 0, true, "0.0.9".into()));
     std::fs::remove_file(&img).unwrap();
 }
+
+/// A channel index for `payload` at `seq`, signed with the development key the test images
+/// trust, in `<mirror>/amd64-usr/channels/alpha.<seq>` with `channels/alpha` pointing at it.
+/// The payload itself is at `<root>/payloads/`, three levels above the mirror's channels.
+fn publish_channel(mirror: &Path, seq: u64, payload: &Path, sha256: &str) {
+    use kiln_update::channel::{Index, PayloadRef, INDEX, INDEX_SIG};
+    let key = kiln_update::keys::load_signing_key(
+        &cache_dir().join("keys/INSECURE-kiln-development-key.pem"),
+    )
+    .unwrap();
+    let name = payload.file_name().unwrap().to_str().unwrap();
+    let index = Index {
+        format: 1,
+        channel: "alpha".into(),
+        board: "amd64-usr".into(),
+        seq,
+        version: "0.2.0".into(),
+        release: "../../0.2.0".into(),
+        payload: Some(PayloadRef {
+            path: format!("../../../../payloads/{name}"),
+            size: std::fs::metadata(payload).unwrap().len(),
+            sha256: sha256.into(),
+            sha512: "0".repeat(128),
+        }),
+        digests_sha256: "0".repeat(64),
+        key_id: kiln_update::keys::key_id(&key.verifying_key()),
+        history: vec!["0.1.0".into()],
+    };
+    let channels = mirror.join("amd64-usr/channels");
+    let state = channels.join(format!("alpha.{seq}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let bytes = serde_json::to_vec_pretty(&index).unwrap();
+    let comment = format!("channel:alpha\tboard:amd64-usr\tversion:0.2.0\tseq:{seq}");
+    std::fs::write(state.join(INDEX), &bytes).unwrap();
+    std::fs::write(
+        state.join(INDEX_SIG),
+        kiln_release::sign::sign(&key, &bytes, &comment).unwrap(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("alpha.{seq}"), channels.join("alpha")).unwrap();
+}
+
+/// `kiln-agent update apply-from-channel` in the running system, from channels on a mounted
+/// mirror disk: a signed index whose payload digest is not the payload's is refused and
+/// changes nothing; the good one is applied and boots; the seq it saw is kept on ROOT, and an
+/// older index (seq 3 after 5), correctly signed, is refused as a replay.
+#[test]
+fn apply_from_channel_in_the_guest_checks_the_index_digest_and_seq() {
+    let (v2, _) = update_payloads();
+    let tree = tempfile::tempdir_in(test_dir()).unwrap();
+    let root = tree.path().join("mirror");
+    std::fs::create_dir_all(root.join("payloads")).unwrap();
+    std::fs::copy(v2, root.join("payloads").join(v2.file_name().unwrap())).unwrap();
+    let sha = tool("sha256sum", &[v2.to_str().unwrap()])[..64].to_string();
+    publish_channel(&root.join("tampered"), 4, v2, &"ab".repeat(32));
+    publish_channel(&root.join("good"), 5, v2, &sha);
+    publish_channel(&root.join("replayed"), 3, v2, &sha);
+    let disk = tree.path().join("mirror.ext4");
+    tool(
+        "mke2fs",
+        &[
+            "-q",
+            "-t",
+            "ext4",
+            "-d",
+            root.to_str().unwrap(),
+            disk.to_str().unwrap(),
+            "256M",
+        ],
+    );
+    let img = copy_image(minimal_image(), "guest-channel.raw");
+    let mut c = Console::start("guest-channel", &img, &[&disk]);
+    c.ready();
+    agent_says(
+        &mut c,
+        "busybox mkdir -p /mnt && busybox mount -o ro /dev/vdb /mnt",
+        0,
+    );
+    let before = slots_and_esp(&img);
+    let said = agent_says(
+        &mut c,
+        "kiln-agent update apply-from-channel /mnt/tampered/amd64-usr/channels/alpha",
+        1,
+    );
+    assert!(
+        said.contains(&format!(
+            "its sha256 is {sha}, expected {}",
+            "ab".repeat(32)
+        )) && said.contains("not the payload the index names"),
+        "{said}"
+    );
+    assert_eq!(
+        slots_and_esp(&img),
+        before,
+        "a refused apply changed the disk"
+    );
+    c.send("kiln-agent update apply-from-channel /mnt/good/amd64-usr/channels/alpha");
+    c.expect(
+        "kiln-agent: channel alpha offers 0.2.0 (running 0.1.0)",
+        120,
+    );
+    c.expect("kiln-agent: update applied: kiln 0.2.0 in USR-B", 900);
+    c.send("echo seq=$(cat /var/lib/kiln/channels/alpha.seq)");
+    c.expect("seq=5", 60);
+    let said = agent_says(
+        &mut c,
+        "kiln-agent update check /mnt/replayed/amd64-usr/channels/alpha",
+        1,
+    );
+    assert!(
+        said.contains("the index has seq 3, but this system has seen seq 5")
+            && said.contains("replayed, refused"),
+        "{said}"
+    );
+    c.send("busybox umount /mnt && reboot");
+    c.expect("kiln: trying USR-B (tries left: 0)", 300);
+    let r = c.ready();
+    assert_eq!(
+        (field(&r, "slot"), field(&r, "version"), field(&r, "next")),
+        ("B", "0.2.0", "B"),
+        "{r}"
+    );
+    c.kill();
+    std::fs::remove_file(&img).unwrap();
+}
