@@ -11,6 +11,10 @@ scripts/install-deps.sh
 df -h . | sed 's/^/disk: /'
 trap 'du -sh target/kiln-test target/debug target/release 2>/dev/null | sed "s/^/disk used: /"' EXIT
 scripts/build.sh
+# One id for this run: the tests' shared fixtures are built once per run, from a stage cache
+# emptied at the run's start (the downloaded packages are kept).
+KILN_TEST_RUN="$(cat /proc/sys/kernel/random/uuid)"
+export KILN_TEST_RUN
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace -- --test-threads=2

@@ -9,6 +9,8 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod exact;
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -23,9 +25,61 @@ pub fn test_dir() -> PathBuf {
     d
 }
 
-/// The stage and package cache the tests share.
+/// The stage and package cache the tests share. Its downloaded packages and development key
+/// are kept between runs; everything else kiln cached (stages, xz chunks, unpacked kernel
+/// sources, scratch) is removed at its first use in a test run, so each run's fixtures are
+/// built from a fresh stage cache and never from what an older kiln left.
 pub fn cache_dir() -> PathBuf {
-    test_dir().join("cache")
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let dir = test_dir().join("cache");
+            let _l = lock("cache-run.lock");
+            let mark = test_dir().join("cache-run");
+            let run = run_id();
+            if std::fs::read_to_string(&mark).ok().as_deref() != Some(run.as_str()) {
+                for sub in ["stages", "xz-chunks", "kernel-src", "work", "logs"] {
+                    let p = dir.join(sub);
+                    if p.exists() {
+                        std::fs::remove_dir_all(&p)
+                            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    }
+                }
+                std::fs::write(&mark, &run).unwrap();
+            }
+            dir
+        })
+        .clone()
+}
+
+/// This test run: `KILN_TEST_RUN` when it is set (scripts/test.sh sets one per run), else
+/// the `cargo test` process that started this test binary, named by the boot, its pid and
+/// its start time: a pid alone is reused, and fresh containers hand out the same ones.
+pub fn run_id() -> String {
+    if let Some(r) = std::env::var("KILN_TEST_RUN")
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
+        return r;
+    }
+    let ppid = std::os::unix::process::parent_id();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{ppid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces): the start time is 22nd.
+    let start = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .expect("start time in /proc/PID/stat");
+    format!("{}-{ppid}-{start}", boot.trim())
+}
+
+/// Whether `dir` was built in this test run ([`mark_built`] records it).
+fn built_this_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(".kiln-test-run")).ok() == Some(run_id())
+}
+
+fn mark_built(dir: &Path) {
+    std::fs::write(dir.join(".kiln-test-run"), run_id()).unwrap();
 }
 
 struct FileLock(#[allow(dead_code)] File);
@@ -103,33 +157,49 @@ pub fn text(o: &Output) -> String {
 pub fn minimal_out() -> &'static Path {
     static OUT: OnceLock<PathBuf> = OnceLock::new();
     OUT.get_or_init(|| {
+        let cache = cache_dir();
         let _l = lock("minimal.lock");
         let out = test_dir().join("out-minimal");
-        // Test binaries of one `cargo test` share their parent: the first one builds.
-        let marker = out.join(format!(
-            ".built-for-{}",
-            std::os::unix::process::parent_id()
-        ));
-        if marker.exists() {
+        // The test binaries of one run share it: the first one builds.
+        if built_this_run(&out) {
             return out;
         }
+        let _ = std::fs::remove_dir_all(&out);
         let o = kiln(&[
             "build",
             "recipes/minimal.toml",
             "--keep-raw",
             "--dev-key",
+            "--json",
             "--output",
             out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "kiln build failed:\n{}", text(&o));
-        for e in std::fs::read_dir(&out).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(".built-for-") {
-                std::fs::remove_file(e.path()).unwrap();
-            }
-        }
-        std::fs::write(&marker, "").unwrap();
+        // The build's report names each stage's key, so tests find its output in the cache
+        // by key, never by listing the cache.
+        std::fs::write(out.join(".build.json"), &o.stdout).unwrap();
+        assert!(cache.join("stages").is_dir());
+        mark_built(&out);
         out
     })
+}
+
+/// The cache directory of `stage`'s output in the minimal build (its report names the key).
+pub fn minimal_stage_dir(stage: &str) -> PathBuf {
+    let out = minimal_out();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(".build.json")).unwrap())
+            .expect("the minimal build's JSON report");
+    let key = report["stages"]
+        .as_array()
+        .expect("stages in the report")
+        .iter()
+        .find(|s| s["stage"] == stage)
+        .and_then(|s| s["key"].as_str())
+        .unwrap_or_else(|| panic!("no {stage} stage with a key in the minimal build"));
+    cache_dir()
+        .join("stages")
+        .join(format!("{stage}-{}", &key[..32]))
 }
 
 /// The board image of recipes/minimal.toml.
@@ -265,15 +335,11 @@ fn build_payloads(dir_name: &str, variants: &[(&str, &str, String)]) -> Vec<Path
     minimal_out();
     let _l = lock(&format!("{dir_name}.lock"));
     let dir = test_dir().join(dir_name);
-    let marker = dir.join(format!(
-        ".built-for-{}",
-        std::os::unix::process::parent_id()
-    ));
     let payloads: Vec<PathBuf> = variants
         .iter()
         .map(|(name, _, _)| dir.join(format!("{name}_update.payload")))
         .collect();
-    if marker.exists() {
+    if built_this_run(&dir) {
         return payloads;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -306,7 +372,7 @@ fn build_payloads(dir_name: &str, variants: &[(&str, &str, String)]) -> Vec<Path
             text(&o)
         );
     }
-    std::fs::write(&marker, "").unwrap();
+    mark_built(&dir);
     payloads
 }
 
@@ -354,13 +420,20 @@ impl Console {
     /// (/dev/vdb, /dev/vdc, ...). The console is also written to target/kiln-test/NAME.console,
     /// each line with the seconds since the start.
     pub fn start(name: &str, image: &Path, attach: &[&Path]) -> Console {
+        let mut args = Vec::new();
+        for a in attach {
+            args.extend(["--attach", a.to_str().unwrap()]);
+        }
+        Console::start_with(name, image, &args)
+    }
+
+    /// Boots `image` with TCG and more `kiln run` options.
+    pub fn start_with(name: &str, image: &Path, args: &[&str]) -> Console {
         let (kiln, _) = binaries();
         let mut c = Command::new(kiln);
         c.current_dir(root())
-            .args(["run", image.to_str().unwrap(), "--accel", "tcg"]);
-        for a in attach {
-            c.args(["--attach", a.to_str().unwrap()]);
-        }
+            .args(["run", image.to_str().unwrap(), "--accel", "tcg"])
+            .args(args);
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
