@@ -47,7 +47,7 @@ impl<'a> Build<'a> {
             bail!("kiln build must run as root (root in a user namespace is enough): the package tree keeps the owners the packages set");
         }
         tools::check_all(&required_tools(r))?;
-        initramfs::check_static(&opts.agent, "kiln-agent")?;
+        initramfs::check_static(&opts.agent, "kiln-agent", &r.board.arch)?;
         let lock = opts.cache.lock()?;
         Ok(Build {
             recipe: r,

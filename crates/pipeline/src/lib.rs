@@ -93,6 +93,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         usr_fs: r.usr_filesystem.as_str(),
         oem_spec: format!("PARTLABEL={}", r.layout.oem().label),
         epoch,
+        arch: &r.board.arch,
     };
     let (usr, (grub, initramfs)) = both(
         || b.run(&usr),
