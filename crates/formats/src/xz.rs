@@ -4,19 +4,21 @@
 //! decoder handles that), all-zero chunks reuse one precomputed stream, and the other chunks
 //! are compressed in parallel. The output depends only on the input and the level.
 //!
-//! Compressed chunks are kept on disk by content hash and level (`<sha256>-<level>.xz`),
-//! flushed before they are renamed into place. A chunk read back is trusted only once it has
-//! been decoded: it must be one whole xz stream with CRC64 checks that decodes to exactly the
-//! chunk's bytes (kiln has them in hand), else it is removed and compressed again. A bounded
-//! memo keeps recently used streams in memory, and remembers which files this process wrote
-//! or checked, so a chunk shared by several artifacts is decoded once.
+//! Compressed chunks are kept on disk by content hash and level, `<sha256>-<level>.chunk`:
+//! a header (magic, the chunk's length and SHA-256, the stream's SHA-256) and the xz stream,
+//! flushed before it is renamed into place. A chunk read back is used only if its header
+//! describes this chunk and the stream has the SHA-256 the header gives, which finds any
+//! damage the file took since kiln wrote it (a power cut, a full disk, a truncation, a stray
+//! write) for the cost of hashing a few MiB; with `KILN_CACHE_VERIFY=full` the stream is also
+//! decoded and must be one whole xz stream with CRC64 checks that decodes to exactly the
+//! chunk's bytes. A chunk that fails is removed and compressed again. A bounded memo keeps
+//! recently used streams in memory.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +36,23 @@ const DECODER_MEMLIMIT: u64 = 256 << 20;
 /// Prefix of a chunk file being written (`<cache>/xz-chunks/.tmp-...`), removed by the next
 /// build if kiln was killed.
 pub const CHUNK_TMP_PREFIX: &str = ".tmp-";
+/// A chunk file's first bytes (the format's version is its last digit).
+const MAGIC: &[u8; 16] = b"kiln-xz-chunk-1\n";
+/// Magic, the chunk's length (u64 LE), the chunk's SHA-256, the stream's SHA-256.
+const HEADER: usize = 16 + 8 + 32 + 32;
+
+/// Whether a name in the chunk directory is a chunk file of a kiln from before the header
+/// (`<sha256>-<level>.xz`), which the next build removes.
+pub fn is_headerless_chunk(name: &str) -> bool {
+    name.strip_suffix(".xz")
+        .and_then(|n| n.split_once('-'))
+        .is_some_and(|(h, l)| {
+            h.len() == 64
+                && h.bytes().all(|b| b.is_ascii_hexdigit())
+                && l.len() == 1
+                && l.as_bytes()[0].is_ascii_digit()
+        })
+}
 
 type Key = (String, u32);
 type Slot = Arc<OnceLock<std::result::Result<Arc<Vec<u8>>, String>>>;
@@ -46,9 +65,6 @@ struct Memo {
     recent: HashMap<Key, (Arc<Vec<u8>>, u64)>,
     bytes: usize,
     clock: u64,
-    /// Chunk files this process wrote or decoded, with their length: read again, they are
-    /// not decoded again (the cache is locked for the build).
-    checked: HashMap<PathBuf, usize>,
 }
 
 impl Memo {
@@ -89,13 +105,15 @@ fn memo() -> &'static Mutex<Memo> {
 
 /// A chunk's stream from the in-process memo, the on-disk chunk cache, or the encoder.
 fn cached_chunk(data: &[u8], level: u32, dir: Option<&Path>) -> Result<Arc<Vec<u8>>> {
-    let key = (hex::encode(Sha256::digest(data)), level);
+    let hash: [u8; 32] = Sha256::digest(data).into();
+    let key = (hex::encode(hash), level);
+    let file = dir.map(|d| d.join(format!("{}-{level}.chunk", key.0)));
     let slot = {
         let mut m = memo().lock().expect("xz memo");
         if let Some(b) = m.get(&key) {
             drop(m);
-            if let Some(d) = dir {
-                keep_on_disk(&d.join(format!("{}-{level}.xz", key.0)), &b);
+            if let Some(f) = &file {
+                keep_on_disk(f, data.len(), &hash, &b);
             }
             return Ok(b);
         }
@@ -103,7 +121,7 @@ fn cached_chunk(data: &[u8], level: u32, dir: Option<&Path>) -> Result<Arc<Vec<u
     };
     let r = slot
         .get_or_init(|| {
-            load_or_make(data, level, &key.0, dir)
+            load_or_make(data, &hash, level, file.as_deref())
                 .map(Arc::new)
                 .map_err(|e| format!("{e:#}"))
         })
@@ -116,68 +134,85 @@ fn cached_chunk(data: &[u8], level: u32, dir: Option<&Path>) -> Result<Arc<Vec<u
     r.map_err(|e| anyhow::anyhow!(e))
 }
 
-/// The chunk's stream from its file in `dir` if that is sound, else compressed (and kept
-/// there).
-fn load_or_make(data: &[u8], level: u32, hash: &str, dir: Option<&Path>) -> Result<Vec<u8>> {
-    let Some(dir) = dir else {
+/// The chunk's stream from `file` if that is sound, else compressed (and kept there).
+fn load_or_make(data: &[u8], hash: &[u8; 32], level: u32, file: Option<&Path>) -> Result<Vec<u8>> {
+    let Some(file) = file else {
         return compress_chunk(data, level);
     };
-    let file = dir.join(format!("{hash}-{level}.xz"));
-    match std::fs::read(&file) {
+    match std::fs::read(file) {
         Ok(bytes) => {
-            let seen = memo().lock().expect("xz memo").checked.get(&file).copied();
-            if seen == Some(bytes.len()) {
-                return Ok(bytes);
-            }
-            match check_stream(&bytes, data) {
-                Ok(()) => {
-                    mark_checked(&file, bytes.len());
-                    return Ok(bytes);
-                }
+            let full = kiln_host::manifest::Check::from_env() == kiln_host::manifest::Check::Full;
+            match check_file(bytes, data, hash, full) {
+                Ok(stream) => return Ok(stream),
                 Err(why) => {
                     tracing::warn!(
                         "xz chunk {} is damaged ({why}); compressing it again",
                         file.display()
                     );
-                    let _ = std::fs::remove_file(&file);
+                    let _ = std::fs::remove_file(file);
                 }
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("cannot read xz chunk {}: {e}", file.display()),
     }
-    let bytes = compress_chunk(data, level)?;
+    let stream = compress_chunk(data, level)?;
     // A failure to cache is not a failure to compress.
-    match publish(&file, &bytes) {
-        Ok(()) => mark_checked(&file, bytes.len()),
-        Err(e) => tracing::warn!("cannot keep xz chunk {}: {e:#}", file.display()),
+    if let Err(e) = publish(file, &file_bytes(data.len(), hash, &stream)) {
+        tracing::warn!("cannot keep xz chunk {}: {e:#}", file.display());
     }
-    Ok(bytes)
+    Ok(stream)
+}
+
+/// A chunk file: the header, then the stream.
+fn file_bytes(len: usize, hash: &[u8; 32], stream: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER + stream.len());
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&(len as u64).to_le_bytes());
+    b.extend_from_slice(hash);
+    b.extend_from_slice(&Sha256::digest(stream));
+    b.extend_from_slice(stream);
+    b
+}
+
+/// The stream of a chunk file if the file is the one kiln wrote for this chunk (and, with
+/// `full`, the stream decodes to the chunk); else what is wrong.
+fn check_file(
+    mut bytes: Vec<u8>,
+    data: &[u8],
+    hash: &[u8; 32],
+    full: bool,
+) -> std::result::Result<Vec<u8>, String> {
+    if bytes.is_empty() {
+        return Err("it is empty".into());
+    }
+    if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+        return Err("it has no chunk header".into());
+    }
+    let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if len != data.len() as u64 || bytes[24..56] != hash[..] {
+        return Err("its header describes another chunk".into());
+    }
+    let stream = bytes.split_off(HEADER);
+    if Sha256::digest(&stream)[..] != bytes[56..88] {
+        return Err("its stream is not the one it was written with".into());
+    }
+    if full {
+        check_stream(&stream, data)?;
+    }
+    Ok(stream)
 }
 
 /// Makes sure a stream known to be good (compressed or checked in this process) is also in
 /// the chunk cache, as a later build expects.
-fn keep_on_disk(file: &Path, good: &[u8]) {
-    let seen = memo().lock().expect("xz memo").checked.get(file).copied();
-    if seen == Some(good.len()) {
+fn keep_on_disk(file: &Path, len: usize, hash: &[u8; 32], good: &[u8]) {
+    let want = file_bytes(len, hash, good);
+    if std::fs::read(file).is_ok_and(|b| b == want) {
         return;
     }
-    if std::fs::read(file).is_ok_and(|b| b == good) {
-        mark_checked(file, good.len());
-        return;
+    if let Err(e) = publish(file, &want) {
+        tracing::warn!("cannot keep xz chunk {}: {e:#}", file.display());
     }
-    match publish(file, good) {
-        Ok(()) => mark_checked(file, good.len()),
-        Err(e) => tracing::warn!("cannot keep xz chunk {}: {e:#}", file.display()),
-    }
-}
-
-fn mark_checked(file: &Path, len: usize) {
-    memo()
-        .lock()
-        .expect("xz memo")
-        .checked
-        .insert(file.to_path_buf(), len);
 }
 
 /// Writes a chunk file whole: a temporary, flushed to disk, renamed into place.
@@ -474,25 +509,33 @@ mod tests {
         let good = dir.path().join("good.xz");
         xz_compress(&raw, &good, 1, 0, Some(&cache)).unwrap();
         let good_bytes = std::fs::read(&good).unwrap();
-        let first = hex::encode(Sha256::digest(&want[..CHUNK]));
-        let chunk = cache.join(format!("{first}-0.xz"));
+        let hash: [u8; 32] = Sha256::digest(&want[..CHUNK]).into();
+        let chunk = cache.join(format!("{}-0.chunk", hex::encode(hash)));
         let chunk_bytes = std::fs::read(&chunk).unwrap();
-        let other = compress_chunk(b"another chunk's data", 0).unwrap();
-        let half = compress_chunk(&want[..CHUNK / 2], 0).unwrap();
+        let stream = chunk_bytes[HEADER..].to_vec();
+        let other_data = b"another chunk's data";
+        let other = compress_chunk(other_data, 0).unwrap();
+        let mut flipped = chunk_bytes.clone();
+        let n = flipped.len();
+        flipped[n / 2] ^= 1;
         let damages: Vec<(&str, Vec<u8>)> = vec![
             ("empty", Vec::new()),
             ("cut short", chunk_bytes[..chunk_bytes.len() / 2].to_vec()),
-            ("another chunk's stream", other),
-            ("a stream of half the chunk", half),
+            ("only the header", chunk_bytes[..HEADER].to_vec()),
+            ("a flipped bit in the stream", flipped),
             (
                 "trailing bytes",
                 [chunk_bytes.clone(), b"junk".to_vec()].concat(),
             ),
             (
-                "two streams",
-                [chunk_bytes.clone(), chunk_bytes.clone()].concat(),
+                "another chunk's file",
+                file_bytes(other_data.len(), &Sha256::digest(other_data).into(), &other),
             ),
-            ("not xz", vec![0x5a; 4096]),
+            (
+                "a bare stream (a kiln from before the header)",
+                stream.clone(),
+            ),
+            ("not a chunk", vec![0x5a; 4096]),
         ];
         for (what, bad) in damages {
             std::fs::write(&chunk, &bad).unwrap();
@@ -518,6 +561,29 @@ mod tests {
                 std::fs::read(&chunk).unwrap() == chunk_bytes,
                 "{what}: chunk not remade"
             );
+        }
+        // A file consistent with itself, for this chunk, whose stream is of other data: only
+        // decoding (KILN_CACHE_VERIFY=full) finds it.
+        let forged = file_bytes(CHUNK, &hash, &other);
+        let data = &want[..CHUNK];
+        assert!(check_file(forged.clone(), data, &hash, false).is_ok());
+        let e = check_file(forged, data, &hash, true).unwrap_err();
+        assert!(e.contains("decodes to"), "{e}");
+        assert_eq!(check_file(chunk_bytes, data, &hash, true).unwrap(), stream);
+        // Each kind of bad stream is named by the full check.
+        let half = compress_chunk(&data[..CHUNK / 2], 0).unwrap();
+        for (bad, want) in [
+            (Vec::new(), "it is empty"),
+            (stream[..stream.len() / 2].to_vec(), "cut short"),
+            (half, "decodes to 8388608 bytes, not the chunk's 16777216"),
+            (
+                [stream.clone(), stream.clone()].concat(),
+                "bytes follow its stream",
+            ),
+            (vec![0x5a; 64], "does not start with an xz stream header"),
+        ] {
+            let e = check_stream(&bad, data).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
         }
     }
 

@@ -209,7 +209,10 @@ impl CacheDirs {
             }
         }
         for (n, p) in names(&self.root.join("xz-chunks")) {
-            if n.starts_with(kiln_formats::xz::CHUNK_TMP_PREFIX) {
+            // A chunk being written, or one of a kiln from before chunks had a header.
+            if n.starts_with(kiln_formats::xz::CHUNK_TMP_PREFIX)
+                || kiln_formats::xz::is_headerless_chunk(&n)
+            {
                 remove(&p)?;
             }
         }
@@ -346,7 +349,13 @@ impl CacheDirs {
         if built_here || self.verified.lock().expect("verified set").contains(id) {
             return Ok(());
         }
+        let t = Instant::now();
         manifest::verify(dir, manifest::Check::from_env())?;
+        tracing::debug!(
+            "{} checked against its manifest in {:.0} ms",
+            dir.display(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
         self.verified
             .lock()
             .expect("verified set")
@@ -503,7 +512,8 @@ mod tests {
             "work/kbuild-x/.config",
             "stages/.tmp-usr-0123456789abcdef-42/fs.img",
             "stages/.tmp-old-esp:qemu-0123456789abcdef-42/fs.img",
-            "xz-chunks/.tmp-00aa-2.xz-42",
+            "xz-chunks/.tmp-00aa-2.chunk-42",
+            "xz-chunks/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08-2.xz",
             "kernel-src/.unpack-Xy12/linux/Makefile",
             "debs/bookworm-amd64/.bash_5.2_amd64.deb.tmp",
         ];
@@ -512,6 +522,7 @@ mod tests {
             "work/builds/keep",
             "stages/usr-0123456789abcdef0123456789abcdef/fs.img",
             "xz-chunks/00aa-2.xz",
+            "xz-chunks/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08-2.chunk",
             "debs/bookworm-amd64/bash_5.2_amd64.deb",
             "debs/bookworm-amd64/.hidden",
         ];
@@ -569,7 +580,7 @@ mod tests {
             ),
             (
                 |d: &Path| std::fs::write(d.join("root/etc/os-release"), "ID=evil\n").unwrap(),
-                "root/etc/os-release: its content changed",
+                "root/etc/os-release: it was modified after it was recorded",
             ),
             (
                 |d: &Path| std::fs::remove_file(d.join(INPUTS_FILE)).unwrap(),
