@@ -328,8 +328,9 @@ pub fn link_or_copy_tree(src: &Path, root: &Path, prefix: &Path) -> Result<()> {
         let ft = m.file_type();
         if ft.is_dir() {
             let host = create_dir_all_in(root, &rel)?;
-            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            // The owner first, as for files (chown may clear a set-group-ID bit).
             chown(&host, &m)?;
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
             dirs.insert(rel, host);
             continue;
         }
@@ -344,13 +345,24 @@ pub fn link_or_copy_tree(src: &Path, root: &Path, prefix: &Path) -> Result<()> {
             symlink(std::fs::read_link(e.path())?, &to)
                 .with_context(|| format!("cannot create symlink {}", to.display()))?;
         } else if ft.is_file() {
-            if let Err(err) = std::fs::hard_link(e.path(), &to) {
+            match std::fs::hard_link(e.path(), &to) {
+                // The source's own inode: its owner and mode are already right, and a chown
+                // would clear a set-user-ID bit on it, in the stage cache.
+                Ok(()) => continue,
                 // EXDEV: another filesystem; EPERM: protected_hardlinks for a non-owner.
-                if !matches!(err.raw_os_error(), Some(libc::EXDEV) | Some(libc::EPERM)) {
-                    return Err(err).with_context(|| format!("cannot link {}", to.display()));
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EXDEV) | Some(libc::EPERM)) => {
+                    copy_new(e.path(), &m, &to)?;
+                    // The owner first: chown clears set-user-ID and set-group-ID bits.
+                    chown(&to, &m)?;
+                    std::fs::set_permissions(
+                        &to,
+                        std::fs::Permissions::from_mode(m.mode() & 0o7777),
+                    )?;
+                    continue;
                 }
-                copy_new(e.path(), &m, &to)?;
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot link {}", to.display()))
+                }
             }
         } else {
             // Device nodes and fifos: recreate with mknod so ownership and numbers survive.
@@ -554,5 +566,34 @@ mod tests {
         symlink(d.path().join("secret"), d.path().join("f")).unwrap();
         assert!(copy_new(&d.path().join("f"), &walked, &d.path().join("g")).is_err());
         assert!(!d.path().join("g").exists());
+    }
+
+    /// A set-user-ID program keeps its mode in the image, and the tree it came from (the
+    /// package stage, in kiln's cache) is left exactly as it was: chown on a hard-linked file
+    /// would clear the bit on the cache's own inode.
+    #[test]
+    fn tree_copy_keeps_setuid_and_leaves_the_source_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("usr/bin")).unwrap();
+        std::fs::write(src.join("usr/bin/su"), "elf").unwrap();
+        std::fs::set_permissions(
+            src.join("usr/bin/su"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        let mode = |p: &Path| p.symlink_metadata().unwrap().mode() & 0o7777;
+        // Hard links on one filesystem; copies onto another (/dev/shm, where there is one).
+        let other = tempfile::tempdir_in("/dev/shm").ok();
+        let roots = [
+            Some(d.path().join("root")),
+            other.as_ref().map(|o| o.path().join("root")),
+        ];
+        for root in roots.into_iter().flatten() {
+            std::fs::create_dir_all(&root).unwrap();
+            link_or_copy_tree(&src, &root, Path::new("")).unwrap();
+            assert_eq!(mode(&root.join("usr/bin/su")), 0o4755, "{}", root.display());
+            assert_eq!(mode(&src.join("usr/bin/su")), 0o4755, "{}", root.display());
+        }
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bump to invalidate every cached stage when what a stage produces changes in code.
-pub const PIPELINE_VERSION: &str = "kiln-pipeline-4";
+pub const PIPELINE_VERSION: &str = "kiln-pipeline-5";
 
 /// Values longer than this are recorded by their hash (the key always hashes the value).
 const SHOWN: usize = 200;
