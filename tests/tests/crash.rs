@@ -271,6 +271,47 @@ impl Crash {
         self.resume(&what);
     }
 
+    /// Builds killed at random times within `span` until `want` kills, each followed by
+    /// the next build.
+    fn random_kills(
+        &mut self,
+        rng: &mut Rng,
+        span: Duration,
+        want: usize,
+        kills: &mut usize,
+        tries: &mut usize,
+    ) {
+        while *kills < want {
+            *tries += 1;
+            assert!(
+                *tries <= 3 * want,
+                "{tries} builds, only {kills} were killed before they ended"
+            );
+            let at = span.mul_f64(rng.unit());
+            let (ch, log) = self.start(&self.cache.clone(), &self.out.clone(), None);
+            match self.finish(ch, &log, Some(at)) {
+                End::Killed(err) => {
+                    *kills += 1;
+                    let last = plain(err.lines().last().unwrap_or(""));
+                    eprintln!(
+                        "kill {kills}: at {:.2} s (its last line: {last})",
+                        at.as_secs_f64()
+                    );
+                    let what = format!("kill {kills} at {:.2} s", at.as_secs_f64());
+                    self.after_kill(&what);
+                    self.resume(&what);
+                }
+                End::Exited(st, out, err) => {
+                    eprintln!(
+                        "(a build ended before its kill at {:.2} s)",
+                        at.as_secs_f64()
+                    );
+                    self.check_done("a build that was not killed", st, &out, &err);
+                }
+            }
+        }
+    }
+
     /// The published stages of the cache, by name.
     fn stages(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.cache.join("stages"))
@@ -308,6 +349,21 @@ impl Crash {
         v.sort();
         v
     }
+}
+
+/// A log line without its colours.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for ch in line.chars() {
+        match (esc, ch) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out.trim().to_string()
 }
 
 /// `n` distinct entries of `v`, at random.
@@ -418,6 +474,14 @@ fn a_build_killed_anywhere_leaves_nothing_a_later_build_trusts() {
         warm.as_secs_f64()
     );
 
+    // Only the reference's hashes and chunks are needed from here on: its disk space goes.
+    let left = leftovers(&reference, &[&dir.join("reference")]);
+    assert!(left.is_empty(), "the reference build left {left:?}");
+    std::fs::remove_dir_all(dir.join("reference")).unwrap();
+    for sub in ["stages", "work"] {
+        std::fs::remove_dir_all(reference.join(sub)).unwrap();
+    }
+
     // The cache that is killed into: no stage, so the first kills land in stage builds. It
     // starts with the reference's xz chunks (compressing them takes minutes on two cores; the
     // chunk failpoints below remove some to have them made again).
@@ -435,37 +499,10 @@ fn a_build_killed_anywhere_leaves_nothing_a_later_build_trusts() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(RANDOM_KILLS);
+    // The first kill in the cache without stages, then the failpoints, then the other kills.
     let mut kills = 0;
     let mut tries = 0;
-    while kills < random_kills {
-        tries += 1;
-        assert!(
-            tries <= 3 * random_kills,
-            "{tries} builds, only {kills} were killed before they ended"
-        );
-        let at = warm.mul_f64(rng.unit());
-        let (ch, log) = c.start(&c.cache.clone(), &c.out.clone(), None);
-        match c.finish(ch, &log, Some(at)) {
-            End::Killed(err) => {
-                kills += 1;
-                let last = err.lines().last().unwrap_or("").trim().to_string();
-                eprintln!(
-                    "kill {kills}: at {:.2} s (last line: {last})",
-                    at.as_secs_f64()
-                );
-                let what = format!("kill {kills} at {:.2} s", at.as_secs_f64());
-                c.after_kill(&what);
-                c.resume(&what);
-            }
-            End::Exited(st, out, err) => {
-                eprintln!(
-                    "(a build ended before its kill at {:.2} s)",
-                    at.as_secs_f64()
-                );
-                c.check_done("a build that was not killed", st, &out, &err);
-            }
-        }
-    }
+    c.random_kills(&mut rng, warm, 1.min(random_kills), &mut kills, &mut tries);
 
     // The failpoints, each in a cache that makes the build pass it.
     for (spec, n) in [("stage-publish", 2), ("stage-published", 2)] {
@@ -509,11 +546,11 @@ fn a_build_killed_anywhere_leaves_nothing_a_later_build_trusts() {
     let at = 1 + rng.below(28);
     c.at_failpoint(&format!("output-rename:{at}"), "outputs in place");
 
-    let left = leftovers(&reference, &[&dir.join("reference")]);
-    assert!(left.is_empty(), "the reference build left {left:?}");
+    c.random_kills(&mut rng, warm, random_kills, &mut kills, &mut tries);
+
     eprintln!(
         "{kills} random kills ({tries} builds started for them) and 6 failpoints, {} builds in \
-         {:.0} s",
+         {:.0} s, seed printed above",
         c.runs,
         started.elapsed().as_secs_f64()
     );
