@@ -131,7 +131,7 @@ pub fn elf(data: &[u8]) {
     }
     FILE.with(|p| {
         if std::fs::write(p, data).is_ok() {
-            let _ = kiln_boot::initramfs::check_static(p, "fuzz input");
+            let _ = kiln_boot::initramfs::check_static(p, "fuzz input", "x86_64");
         }
     });
 }

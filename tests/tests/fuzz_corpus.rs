@@ -91,7 +91,7 @@ fn the_seeds_reach_each_parser() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("elf");
     std::fs::write(&p, seed("elf", "static")).unwrap();
-    kiln_boot::initramfs::check_static(&p, "seed").expect("a static ELF");
+    kiln_boot::initramfs::check_static(&p, "seed", "x86_64").expect("a static ELF");
     std::fs::write(&p, seed("elf", "dynamic-head")).unwrap();
-    assert!(kiln_boot::initramfs::check_static(&p, "seed").is_err());
+    assert!(kiln_boot::initramfs::check_static(&p, "seed", "x86_64").is_err());
 }

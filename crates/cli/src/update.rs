@@ -64,8 +64,10 @@ impl SigningArgs {
             return Ok(None);
         }
         let dir = cache.join("keys");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Two builds starting on one cache must not both generate a key (the second would
+        // fail, or sign with a key whose public half the first overwrote): one at a time
+        // looks, generates and writes the public half.
+        let _one = kiln_host::lock::DirLock::acquire(&dir, "build generating the key in")?;
         let path = dir.join("INSECURE-kiln-development-key.pem");
         let key = if path.exists() {
             keys::load_signing_key(&path)?
@@ -504,4 +506,39 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds starting together on one cache all sign with the one development key: none
+    /// fails because another generated it first, and the public half is that key's.
+    #[test]
+    fn concurrent_builds_share_one_generated_dev_key() {
+        for _ in 0..5 {
+            let d = tempfile::tempdir().unwrap();
+            let args = SigningArgs {
+                signing_key: None,
+                dev_key: true,
+            };
+            let barrier = std::sync::Barrier::new(8);
+            let ids: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let k = args.resolve(d.path()).expect("dev key").expect("a key");
+                            keys::key_id(&k.key.verifying_key())
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
+            let public = d.path().join("keys/INSECURE-kiln-development-key.pem.pub");
+            let text = std::fs::read_to_string(public).unwrap();
+            assert!(text.contains("PUBLIC KEY"), "{text}");
+        }
+    }
 }
