@@ -366,7 +366,8 @@ fn openstack_qcow2_boots_on_virtio_with_a_config_drive() {
     // The guest sees the config drive as OpenStack's readers find it: by its label (the
     // FAT32 boot sector's volume label, the field blkid reads; Debian's busybox has no
     // blkid), with the metadata file where they look.
-    c.send("echo L$((1+1))L$(busybox dd if=/dev/vdb bs=1 skip=71 count=19 2>/dev/null)L");
+    // Quoted: the label's padding spaces are part of what is checked.
+    c.send("echo \"L$((1+1))L$(busybox dd if=/dev/vdb bs=1 skip=71 count=19 2>/dev/null)L\"");
     let label = c.expect("L2L", 120);
     assert!(label.contains("L2Lconfig-2   FAT32   L"), "{label}");
     c.send(
