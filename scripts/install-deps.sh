@@ -24,7 +24,7 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
     grub-common grub-pc-bin grub-efi-amd64-bin ovmf \
     "qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version" \
     gdisk libcap2-bin kmod xz-utils pigz gcc libc6-dev \
-    make binutils bc bison flex perl libelf-dev libssl-dev minisign strace
+    make binutils bc bison flex perl libelf-dev libssl-dev minisign strace shellcheck
 
 # Debian's kernel source (138 MB), for recipes/source-kernel.toml and the slow kernel test
 # that KILN_KERNEL_TESTS=1 turns on; the toolchain to build it is in the list above.

@@ -453,3 +453,54 @@ fn platform_option_mistakes_are_refused_before_any_stage_runs() {
         assert!(!cache.exists(), "{platform}: the build used its cache");
     }
 }
+
+/// An image file that names other host files (a qcow2 backing file here) is refused by
+/// every command that reads images, before the named file is read, and the image is left as
+/// it was.
+#[test]
+fn images_naming_other_files_are_refused_by_every_command() {
+    let d = tempfile::tempdir_in(test_dir()).unwrap();
+    let secret = d.path().join("secret.raw");
+    // A GPT-less "disk" full of a marker that must never be shown.
+    std::fs::write(&secret, b"KILN-SECRET-MARKER ".repeat(60_000)).unwrap();
+    let img = d.path().join("backed.qcow2");
+    kiln_tests::tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            secret.to_str().unwrap(),
+            "-F",
+            "raw",
+            img.to_str().unwrap(),
+        ],
+    );
+    let before = std::fs::read(&img).unwrap();
+    let p = img.to_str().unwrap();
+    for args in [
+        vec!["inspect", p],
+        vec!["inspect", "--json", p],
+        vec!["slot", "status", p],
+        vec!["slot", "mark-good", p, "a"],
+        vec![
+            "run",
+            p,
+            "--accel",
+            "tcg",
+            "--until-ready",
+            "--timeout",
+            "5",
+        ],
+    ] {
+        let o = kiln(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {t}");
+        assert!(t.contains("a backing file"), "{args:?}: {t}");
+        assert!(!t.contains("KILN-SECRET-MARKER"), "{args:?}: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+    }
+    assert!(std::fs::read(&img).unwrap() == before, "the image changed");
+}

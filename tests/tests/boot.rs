@@ -53,6 +53,8 @@ fn minimal_boots_with_ovmf() {
 }
 
 /// `kiln run` for a person: console on stdin/stdout, and it ends when the guest powers off.
+/// On that console, as a person would check it: /proc/mounts has USR-A read-only (erofs) at
+/// /usr and ROOT writable (ext4) at /, a write to /usr fails and one to / succeeds.
 #[test]
 fn kiln_run_exits_when_the_guest_powers_off() {
     use std::io::{BufRead, BufReader, Write};
@@ -100,6 +102,63 @@ fn kiln_run_exits_when_the_guest_powers_off() {
     }
     // The shell on ttyS0 is respawned by init right after the ready line.
     std::thread::sleep(std::time::Duration::from_secs(2));
+    // Not only the agent's word (usr=ro root=rw on the ready line): what the kernel says it
+    // mounted, and what a write to each does. The echo of the typed command shows `@@""end`,
+    // only the output `@@end`.
+    stdin
+        .write_all(
+            b"busybox grep -E '^[^ ]+ /(usr)? ' /proc/mounts; \
+              echo probe > /usr/kiln-write-probe; echo \"usr-write=$?\"; \
+              echo probe > /kiln-write-probe && busybox cat /kiln-write-probe; \
+              echo \"root-write=$?\"; echo '@@''end'\n",
+        )
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut said = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.trim_end() == "@@end" => break,
+            Ok(l) => said.push(l.trim_end().to_string()),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no answer from the shell; console:\n{}", said.join("\n"));
+            }
+        }
+    }
+    let text = said.join("\n");
+    let mount = |point: &str| -> Vec<String> {
+        said.iter()
+            .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.len() == 6 && f[1] == point)
+            .unwrap_or_else(|| panic!("{point} not in /proc/mounts:\n{text}"))
+    };
+    let usr = mount("/usr");
+    assert_eq!(
+        (usr[0].as_str(), usr[2].as_str()),
+        ("/dev/vda3", "erofs"),
+        "{text}"
+    );
+    assert_eq!(usr[3].split(',').next(), Some("ro"), "{text}");
+    let root = mount("/");
+    assert_eq!(
+        (root[0].as_str(), root[2].as_str()),
+        ("/dev/vda9", "ext4"),
+        "{text}"
+    );
+    assert_eq!(root[3].split(',').next(), Some("rw"), "{text}");
+    assert!(
+        said.iter().any(|l| l.contains("Read-only file system")),
+        "{text}"
+    );
+    // The shell's status for a failed redirection (2 for dash): anything but success.
+    let usr_write = said
+        .iter()
+        .find_map(|l| l.strip_prefix("usr-write="))
+        .unwrap_or_else(|| panic!("no usr-write status:\n{text}"));
+    assert_ne!(usr_write, "0", "a write to /usr succeeded:\n{text}");
+    assert!(said.iter().any(|l| l == "probe"), "{text}");
+    assert!(said.iter().any(|l| l == "root-write=0"), "{text}");
     stdin.write_all(b"poweroff\n").unwrap();
     stdin.flush().unwrap();
     let start = std::time::Instant::now();

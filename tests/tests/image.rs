@@ -132,6 +132,11 @@ fn filesystems_are_clean_and_hold_the_split() {
         );
     }
     let cfg = run("mtype", &["-i", &esp, "::/grub/grub.cfg"]);
+    // GRUB's own parser accepts the whole script (it would drop to a prompt on a syntax
+    // error that no boot test reaches).
+    let cfg_file = tempfile::NamedTempFile::new_in(test_dir()).unwrap();
+    std::fs::write(cfg_file.path(), &cfg).unwrap();
+    run("grub-script-check", &[cfg_file.path().to_str().unwrap()]);
     assert!(
         cfg.contains("mount.usr=PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132")
             && cfg.contains("mount.usr=PARTUUID=e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
@@ -208,19 +213,19 @@ fn deb_downloads(log: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-fn newest_stage_log(stage: &str) -> std::path::PathBuf {
+/// The cache directory of each stage a build reports (`kiln build --json`), by its key.
+fn stage_dirs(report: &serde_json::Value) -> Vec<(String, std::path::PathBuf, &serde_json::Value)> {
     let dir = kiln_tests::cache_dir().join("stages");
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{stage}-"))
+    report["stages"]
+        .as_array()
+        .expect("stages in the build's JSON")
+        .iter()
+        .filter_map(|st| {
+            let name = st["stage"].as_str()?.to_string();
+            let key = st["key"].as_str()?;
+            Some((name.clone(), dir.join(format!("{name}-{}", &key[..32])), st))
         })
-        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
-        .map(|e| e.path().join("mmdebstrap.log"))
-        .unwrap_or_else(|| panic!("no {stage} stage in {}", dir.display()))
+        .collect()
 }
 
 /// The second build runs without CAP_SYS_ADMIN, so nothing can be mounted: kiln must not
@@ -240,13 +245,37 @@ fn a_second_build_without_mount_rights_downloads_nothing_and_is_byte_identical()
             "--platform",
             "none",
             "--rebuild",
+            "--json",
             // The same inputs as the first build, whose image trusts the development key.
             "--dev-key",
             "--output",
             out.to_str().unwrap(),
         ]);
+    let started = std::time::SystemTime::now();
     let o = kiln_tests::run_kiln(c);
     assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "kiln build --json: {e}:\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    });
+    // Every cached stage was really made again: kiln says so, and each output directory was
+    // created during this build (its birth time; kiln dates the files inside to 1980).
+    let stages = stage_dirs(&report);
+    assert!(stages.len() >= 6, "{report}");
+    for (name, dir, st) in &stages {
+        assert_eq!(st["cached"], false, "{name}: {st}");
+        assert_eq!(st["explain"], "rebuilt: --rebuild", "{name}: {st}");
+        let born = std::fs::metadata(dir)
+            .and_then(|m| m.created())
+            .unwrap_or_else(|e| panic!("{name}: {}: {e}", dir.display()));
+        assert!(
+            born >= started,
+            "{name}: {} is older than this build",
+            dir.display()
+        );
+    }
     // The environment really forbids mounting.
     let target = tempfile::tempdir_in(test_dir()).unwrap();
     let m = Command::new("capsh")
@@ -258,7 +287,11 @@ fn a_second_build_without_mount_rights_downloads_nothing_and_is_byte_identical()
     let second = out.join("minimal_image.bin");
     // Every stage was rebuilt, from the .deb files cached by the first build.
     for stage in ["packages", "kernel"] {
-        let log = newest_stage_log(stage);
+        let log = stages
+            .iter()
+            .find(|(n, _, _)| n == stage)
+            .map(|(_, d, _)| d.join("mmdebstrap.log"))
+            .unwrap_or_else(|| panic!("no {stage} stage in {report}"));
         let got = deb_downloads(&log);
         assert!(
             got.is_empty(),

@@ -5,22 +5,7 @@
 use kiln_tests::*;
 
 fn debian_config() -> std::path::PathBuf {
-    minimal_out();
-    std::fs::read_dir(cache_dir().join("stages"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("kernel-")
-                && p.join("config").exists()
-                // Not a kernel built from source (the slow test's).
-                && !p.join("migration-report.txt").exists()
-        })
-        .expect("the kernel stage of the minimal build")
-        .join("config")
+    minimal_stage_dir("kernel").join("config")
 }
 
 #[test]

@@ -104,13 +104,19 @@ fn disk_formats_hold_the_same_guest_bytes_as_the_raw_disk() {
         &["info", s(&artifact("rackspace", "_image.vhd"))],
     );
     assert!(h.contains("vpc"), "{h}");
-    // A dynamic VHD is much smaller than its 4.4 GB disk; a fixed one is not.
-    assert!(
-        std::fs::metadata(artifact("rackspace", "_image.vhd"))
-            .unwrap()
-            .len()
-            < 1 << 30
-    );
+    // Dynamic, as the footer's disk type says (VHD spec: big-endian u32 at byte 60 of the
+    // footer, 2 fixed, 3 dynamic, 4 differencing), in the copy at the end and the one at
+    // the start that a dynamic disk carries.
+    let vhd = std::fs::read(artifact("rackspace", "_image.vhd")).unwrap();
+    let end = &vhd[vhd.len() - 512..];
+    for footer in [end, &vhd[..512]] {
+        assert_eq!(&footer[..8], b"conectix", "no VHD footer");
+        assert_eq!(
+            u32::from_be_bytes(footer[60..64].try_into().unwrap()),
+            3,
+            "not a dynamic VHD"
+        );
+    }
 }
 
 #[test]
@@ -216,14 +222,20 @@ fn ova_is_ovf_then_mf_then_stream_optimized_vmdk() {
         "streamOptimized"
     );
     run("qemu-img", &["check", s(&vmdk)]);
-    // The .mf is in ovftool's "SHA256(file)= hex" form; check it by hand.
+    // The .mf is in ovftool's "SHA256(file)= hex" form; check it by hand: exactly the OVF and
+    // the vmdk, each with its digest.
     let mf = std::fs::read_to_string(d.path().join(names[1])).unwrap();
+    let mut listed = Vec::new();
     for line in mf.lines() {
         let (left, hex) = line.split_once("= ").expect("SHA256(file)= hex");
-        let file = left.trim_start_matches("SHA256(").trim_end_matches(')');
-        let sum = run("sha256sum", &[s(&d.path().join(file))]);
-        assert!(sum.starts_with(hex), "{file}: {sum} vs {hex}");
+        let file = left
+            .strip_prefix("SHA256(")
+            .and_then(|f| f.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not SHA256(file)= hex: {line}"));
+        kiln_tests::exact::assert_sha256(&d.path().join(file), hex);
+        listed.push(file.to_string());
     }
+    assert_eq!(listed, [names[0], names[2]], "{mf}");
 }
 
 #[test]
@@ -343,7 +355,27 @@ fn gce_disk_raw_boots_on_virtio_scsi_with_ovmf() {
 
 #[test]
 fn openstack_qcow2_boots_on_virtio_with_a_config_drive() {
-    boot_platform("openstack", "_image.qcow2", "openstack", "/dev/vda3", "vdb");
+    let a = artifact("openstack", "_image.qcow2");
+    let mut c = kiln_tests::Console::start_with(
+        "openstack",
+        &a,
+        &["--platform", "openstack", "--snapshot"],
+    );
+    let ready = c.ready();
+    check_ready("openstack", &ready, "openstack", "/dev/vda3");
+    // The guest sees the config drive as OpenStack's readers find it: by its label (the
+    // FAT32 boot sector's volume label, the field blkid reads; Debian's busybox has no
+    // blkid), with the metadata file where they look.
+    // Quoted: the label's padding spaces are part of what is checked.
+    c.send("echo \"L$((1+1))L$(busybox dd if=/dev/vdb bs=1 skip=71 count=19 2>/dev/null)L\"");
+    let label = c.expect("L2L", 120);
+    assert!(label.contains("L2Lconfig-2   FAT32   L"), "{label}");
+    c.send(
+        "busybox mkdir -p /mnt && busybox mount -o ro /dev/vdb /mnt && \
+         busybox cat /mnt/openstack/latest/meta_data.json",
+    );
+    c.expect("\"uuid\": \"kiln-run\"", 120);
+    c.kill();
 }
 
 #[test]
@@ -418,6 +450,39 @@ fn qemu_boots_with_its_launch_script() {
     check_ready("qemu", &console, "qemu", "/dev/vda3");
 }
 
+/// The blocks of an ext4 grown online to `want` blocks: all of them, unless the last block
+/// group would be too small to hold its own metadata, which the kernel leaves out
+/// (ext4_resize_fs in fs/ext4/resize.c: a group's superblock backup and descriptor blocks
+/// if it has them, two bitmaps, its inode table and one cluster).
+fn ext4_grown_blocks(
+    want: u64,
+    per_group: u64,
+    inode_blocks: u64,
+    reserved_gdt: u64,
+    descs_per_block: u64,
+) -> u64 {
+    let last = (want - 1) / per_group;
+    let first = last * per_group;
+    // sparse_super: backups in groups 0, 1 and the powers of 3, 5 and 7.
+    let is_power = |mut n: u64, base: u64| {
+        while n > 1 && n.is_multiple_of(base) {
+            n /= base;
+        }
+        n == 1
+    };
+    let has_super = last <= 1 || is_power(last, 3) || is_power(last, 5) || is_power(last, 7);
+    let overhead = if has_super {
+        1 + (last + 1).div_ceil(descs_per_block) + reserved_gdt
+    } else {
+        0
+    };
+    if first + overhead + 2 + inode_blocks + 1 >= want {
+        first
+    } else {
+        want
+    }
+}
+
 /// A disk 2 GiB larger than the image: ROOT takes the space on first boot, and a second boot
 /// finds nothing to do.
 #[test]
@@ -426,21 +491,12 @@ fn root_grows_into_a_larger_disk_once() {
     let d = tempfile::tempdir_in(test_dir()).unwrap();
     let big = d.path().join("big.qcow2");
     let size = std::fs::metadata(img).unwrap().len() + (2 << 30);
+    // A self-contained copy: kiln run refuses a qcow2 that reads a backing file.
     run(
         "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(img),
-            "-F",
-            "raw",
-            s(&big),
-            &size.to_string(),
-        ],
+        &["convert", "-q", "-f", "raw", "-O", "qcow2", s(img), s(&big)],
     );
+    run("qemu-img", &["resize", "-q", s(&big), &size.to_string()]);
     let mib = |b: &kiln_qemu::Boot| {
         b.field("root-fs-mib")
             .and_then(|v| v.parse::<u64>().ok())
@@ -469,6 +525,40 @@ fn root_grows_into_a_larger_disk_once() {
     assert!(
         i9.contains(&format!("Last sector: {} ", sectors - 34)),
         "{i9}"
+    );
+    // ROOT starts where it did and its ext4 fills the grown partition exactly, as dumpe2fs
+    // reads it (every whole 4 KiB block of the partition).
+    let first_sector = |info: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("First sector: "))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no first sector in:\n{info}"))
+    };
+    let start = first_sector(&i9);
+    assert_eq!(start, first_sector(&run("sgdisk", &["-i", "9", s(img)])));
+    let part_bytes = (sectors - 34 - start + 1) * 512;
+    let sb = run(
+        "dumpe2fs",
+        &["-h", &format!("{}?offset={}", s(&raw), start * 512)],
+    );
+    let field = |name: &str| -> u64 {
+        sb.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in dumpe2fs:\n{sb}"))
+    };
+    let block = field("Block size:");
+    assert_eq!(
+        field("Block count:"),
+        ext4_grown_blocks(
+            part_bytes / block,
+            field("Blocks per group:"),
+            field("Inode blocks per group:"),
+            field("Reserved GDT blocks:"),
+            block / field("Group descriptor size:"),
+        ),
+        "ext4 does not fill the grown ROOT of {part_bytes} bytes:\n{sb}"
     );
     let second = kiln_tests::boot_disk(&big, "bios", false);
     assert_eq!(mib(&second), grown);

@@ -150,16 +150,83 @@ fn a_release_is_complete_versioned_and_signed() {
         .find_map(|l| l.strip_prefix("KILN_RECIPE_HASH="))
         .unwrap();
     assert_eq!(m["recipe_hash"], hash);
-    assert!(m["kernel"]["version"].as_str().unwrap().starts_with("6.1."));
-    assert_eq!(m["kernel"]["config_sha256"].as_str().unwrap().len(), 64);
-    assert!(m["tools"]["mmdebstrap"]
-        .as_str()
-        .is_some_and(|v| !v.is_empty()));
+    // The kernel's version and its config's digest, as Debian's package and sha256sum say.
+    let kver = m["kernel"]["version"].as_str().unwrap();
+    assert!(kver.starts_with("6.1."), "{kver}");
+    let kdeb = std::fs::read_dir(cache_dir().join("debs/bookworm-amd64"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("linux-image-{kver}_"))
+        })
+        .unwrap_or_else(|| panic!("no linux-image-{kver} .deb in the cache"));
+    let config = tempfile::NamedTempFile::new_in(test_dir()).unwrap();
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -xOf - ./boot/config-{kver} > '{}'",
+            s(&kdeb),
+            s(config.path())
+        ))
+        .status()
+        .unwrap();
+    assert!(o.success(), "cannot read config-{kver} from {kdeb:?}");
+    kiln_tests::exact::assert_sha256(
+        config.path(),
+        m["kernel"]["config_sha256"].as_str().unwrap(),
+    );
+    // Each host tool's version is what dpkg says is installed; kiln's is what it says itself.
+    let tools = m["tools"].as_object().unwrap();
+    let dpkg = |pkg: &str| tool("dpkg-query", &["-W", "-f=${Version}", pkg]);
+    let expect = [
+        ("mmdebstrap", dpkg("mmdebstrap")),
+        ("e2fsprogs", dpkg("e2fsprogs")),
+        ("erofs-utils", dpkg("erofs-utils")),
+        (
+            "dosfstools mtools",
+            format!("{} {}", dpkg("dosfstools"), dpkg("mtools")),
+        ),
+        (
+            "grub",
+            format!(
+                "{} {} {}",
+                dpkg("grub-common"),
+                dpkg("grub-pc-bin"),
+                dpkg("grub-efi-amd64-bin")
+            ),
+        ),
+        ("kmod", dpkg("kmod")),
+        ("qemu-utils", dpkg("qemu-utils")),
+        ("xz-utils", dpkg("xz-utils")),
+        ("pigz", dpkg("pigz")),
+    ];
+    for (k, v) in &expect {
+        assert!(!v.is_empty(), "dpkg knows no version of {k}");
+        assert_eq!(
+            tools.get(*k).and_then(|t| t.as_str()),
+            Some(v.as_str()),
+            "{k}"
+        );
+    }
+    let kiln_says = text(&kiln(&["--version"]));
+    assert_eq!(
+        kiln_says.trim(),
+        format!("kiln {}", tools["kiln"].as_str().unwrap()),
+        "kiln --version"
+    );
+    assert_eq!(tools.len(), expect.len() + 1, "{tools:?}");
     // Every artifact of the manifest, with the size on disk and the digests of DIGESTS.
     let digests = std::fs::read_to_string(d.join("DIGESTS")).unwrap();
     let arts = m["artifacts"].as_array().unwrap();
     // All but DIGESTS, its signature and the manifest itself.
-    assert_eq!(arts.len(), 10);
+    let mut named: Vec<&str> = arts.iter().map(|a| a["file"].as_str().unwrap()).collect();
+    named.sort();
+    let mut want = files(&d);
+    want.retain(|f| !["DIGESTS", "DIGESTS.minisig", "manifest.json"].contains(&f.as_str()));
+    assert_eq!(named, want);
     for a in arts {
         let f = a["file"].as_str().unwrap();
         assert_eq!(
@@ -171,8 +238,7 @@ fn a_release_is_complete_versioned_and_signed() {
             let line = format!("{}  {f}", a[k].as_str().unwrap());
             assert!(digests.lines().any(|l| l == line), "{k} of {f}");
         }
-        let sum = tool("sha256sum", &[s(&d.join(f))]);
-        assert!(sum.starts_with(a["sha256"].as_str().unwrap()), "{f}");
+        kiln_tests::exact::assert_sha256(&d.join(f), a["sha256"].as_str().unwrap());
     }
     // Packages, with versions, in the manifest and packages.txt alike.
     let pk = std::fs::read_to_string(d.join("packages.txt")).unwrap();
@@ -227,13 +293,37 @@ fn a_release_is_complete_versioned_and_signed() {
 }
 
 /// The version, board, channel and recipe hash inside the image, as the booted system reads
-/// them. (fsck.erofs 1.5 --extract reports an I/O error on this USR image, which the kernel
-/// reads without complaint, so the check boots the release's qemu disk instead.)
+/// them; and the agent's channel check run in that system, against the channels of a release
+/// tree on a second disk: alpha offers 366.1.1 over the running 366.1.0 and its seq is kept
+/// on ROOT, beta is up to date. (fsck.erofs 1.5 --extract reports an I/O error on this USR
+/// image, which the kernel reads without complaint, so the check boots the release's qemu
+/// disk instead.)
 #[test]
-fn the_image_carries_its_version_file_and_os_release() {
+fn the_booted_release_image_carries_its_version_and_reads_its_channel() {
     let d = release_dir(V1);
+    // The channels of a release tree (alpha at 366.1.1, beta at 366.1.0) and the payload
+    // they offer, as a static server would hold them, on a second disk.
+    let (_scratch, board) = promotion_root();
+    assert_eq!(promote(&board, V1, "alpha", &[]).0, Some(0));
+    assert_eq!(promote(&board, V1, "beta", &[]).0, Some(0));
+    assert_eq!(promote(&board, V2, "alpha", &[]).0, Some(0));
+    let tree = board.parent().unwrap().join("mirror");
+    let mirror_board = tree.join("amd64-usr");
+    std::fs::create_dir_all(mirror_board.join(V2)).unwrap();
+    tool("cp", &["-a", s(&board.join("channels")), s(&mirror_board)]);
+    std::fs::copy(
+        board.join(V2).join("kiln_update.payload"),
+        mirror_board.join(V2).join("kiln_update.payload"),
+    )
+    .unwrap();
+    let disk = board.parent().unwrap().join("mirror.ext4");
+    tool(
+        "mke2fs",
+        &["-q", "-t", "ext4", "-d", s(&tree), s(&disk), "512M"],
+    );
+
     let img = copy_image(&d.join("kiln_qemu_image.qcow2"), "release-qemu.qcow2");
-    let mut c = Console::start("release-qemu", &img, &[]);
+    let mut c = Console::start("release-qemu", &img, &[&disk]);
     let ready = c.ready();
     assert_eq!(field(&ready, "version"), V1, "{ready}");
     // $((1+1)) keeps the echoed command line from matching what the command prints.
@@ -250,6 +340,24 @@ fn the_image_carries_its_version_file_and_os_release() {
         l[l.find("O2O ").unwrap()..].trim(),
         "O2O VERSION_ID=366.1.0 KILN_CHANNEL=alpha KILN_BOARD=amd64-usr"
     );
+    // The agent's channel check in the running image, with the keys it trusts and the
+    // os-release it runs.
+    c.send("busybox mkdir -p /mnt && busybox mount -o ro /dev/vdb /mnt && echo M$((1+1))M");
+    c.expect("M2M", 120);
+    c.send("kiln-agent update check /mnt/amd64-usr/channels/alpha; echo C$((1+1))C=$?");
+    let offer = c.expect("channel alpha offers", 300);
+    assert!(
+        offer.contains("kiln-agent: channel alpha offers 366.1.1 (running 366.1.0)"),
+        "{offer}"
+    );
+    c.expect("C2C=0", 120);
+    c.send("echo S$((1+1))S $(cat /var/lib/kiln/channels/alpha.seq)");
+    let l = c.expect("S2S ", 60);
+    assert_eq!(l[l.find("S2S ").unwrap()..].trim(), "S2S 3");
+    c.send("kiln-agent update check /mnt/amd64-usr/channels/beta; echo C$((1+1))C=$?");
+    let t = c.expect("channel beta is at", 300);
+    assert!(t.contains("channel beta is at 366.1.0: up to date"), "{t}");
+    c.expect("C2C=0", 120);
     c.kill();
     std::fs::remove_file(&img).unwrap();
 }
@@ -404,7 +512,7 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
         i["payload"]["size"],
         std::fs::metadata(&payload).unwrap().len()
     );
-    assert!(tool("sha256sum", &[s(&payload)]).starts_with(i["payload"]["sha256"].as_str().unwrap()));
+    kiln_tests::exact::assert_sha256(&payload, i["payload"]["sha256"].as_str().unwrap());
     // The index is signed: minisign verifies it with the release key.
     let o = kiln(&["key", "public", "--minisign", s(&releases().key)]);
     let mpub = board.join("../key.minisign.pub");
@@ -467,7 +575,7 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
     let keys = fake.join("usr/share/kiln/update-keys");
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::copy(&releases().public, keys.join("release.pub")).unwrap();
-    let check = |running: &str, board_name: &str| {
+    let check_with = |running: &str, board_name: &str, extra: &[&str]| {
         std::fs::write(
             fake.join("usr/lib/os-release"),
             format!("VERSION=\"{running}\"\nKILN_BOARD={board_name}\n"),
@@ -478,20 +586,36 @@ fn promotion_goes_alpha_beta_stable_and_refuses_skips_and_downgrades() {
             .arg(board.join("channels/alpha"))
             .arg("--root")
             .arg(&fake)
+            .args(extra)
             .output()
             .unwrap();
         (o.status.code(), text(&o))
     };
+    let check = |running: &str, board_name: &str| check_with(running, board_name, &[]);
     std::fs::create_dir_all(fake.join("usr/lib")).unwrap();
+    // The channel (366.1.0) is older than what runs (366.1.1): a downgrade offer, refused
+    // unless allowed.
     let (code, t) = check(V2, "amd64-usr");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("channel alpha offers 366.1.0")
+            && t.contains("version 366.1.0 is older than the running 366.1.1"),
+        "{t}"
+    );
+    let (code, t) = check_with(V2, "amd64-usr", &["--allow-downgrade"]);
     assert_eq!(code, Some(0), "{t}");
+    // The seq it saw is kept on the image's ROOT.
+    assert_eq!(
+        std::fs::read_to_string(fake.join("var/lib/kiln/channels/alpha.seq")).unwrap(),
+        "3\n"
+    );
     let path = t
         .split_once("): payload ")
         .and_then(|(_, r)| r.rsplit_once(" ("))
         .map(|(p, _)| p)
         .unwrap_or_else(|| panic!("no payload in {t}"));
     assert!(
-        t.starts_with("kiln-agent: channel alpha offers 366.1.0 (running 366.1.1)"),
+        t.contains("kiln-agent: channel alpha offers 366.1.0 (running 366.1.1)"),
         "{t}"
     );
     assert_eq!(
@@ -625,10 +749,64 @@ fn bad_promotions_change_nothing() {
     assert_eq!(after, before, "leftovers of the interrupted promotion");
 }
 
-/// The same recipe built twice, every stage again the second time: qemu, metal and gce
-/// artifacts, the board image and the payload come out bit-identical.
+/// Every file of a build of all seven platforms (the board image, each platform's artifacts,
+/// raw disks, sidecars and DIGESTS, the payload), compared byte for byte by this test with a
+/// second build from a cache of its own that shares only the downloaded packages (and the
+/// development key, an input): nothing of the first build's stages or xz chunks is reused.
 #[test]
-fn builds_are_reproducible_for_three_platforms_and_the_payload() {
+fn two_builds_from_separate_caches_are_bit_identical() {
+    let first = minimal_out();
+    let scratch = tempfile::tempdir_in(test_dir()).unwrap();
+    let cache = scratch.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    tool("cp", &["-al", s(&cache_dir().join("debs")), s(&cache)]);
+    tool("cp", &["-a", s(&cache_dir().join("keys")), s(&cache)]);
+    let second = scratch.path().join("out");
+    let o = kiln_env(
+        &[
+            "build",
+            "recipes/minimal.toml",
+            "--keep-raw",
+            "--dev-key",
+            "--output",
+            s(&second),
+        ],
+        &[("KILN_CACHE_DIR", s(&cache))],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !text(&o).contains(": cached"),
+        "the second build reused a stage:\n{}",
+        text(&o)
+    );
+    let listing = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = files(d)
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let names = listing(first);
+    assert_eq!(names, listing(&second));
+    // 7 platforms: artifacts, sidecars, raw disks and DIGESTS; the board image; the payload.
+    assert!(names.len() >= 30, "{names:?}");
+    for n in &names {
+        let (a, b) = (first.join(n), second.join(n));
+        let o = std::process::Command::new("cmp")
+            .arg(&a)
+            .arg(&b)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{n} differs: {}", text(&o));
+    }
+    drop(scratch);
+}
+
+/// `--check-reproducible`, the user's check: the second build has a cache of its own
+/// sharing only the packages, and every output file is compared.
+#[test]
+fn check_reproducible_rebuilds_from_a_cache_of_its_own() {
     minimal_out();
     let scratch = tempfile::tempdir_in(test_dir()).unwrap();
     let out = scratch.path().join("out");
@@ -636,7 +814,7 @@ fn builds_are_reproducible_for_three_platforms_and_the_payload() {
         "build",
         "recipes/minimal.toml",
         "--platform",
-        "qemu,metal,gce",
+        "qemu",
         "--dev-key",
         "--check-reproducible",
         "--output",
@@ -644,17 +822,22 @@ fn builds_are_reproducible_for_three_platforms_and_the_payload() {
     ]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(t.contains("reproducible: "), "{t}");
+    assert!(
+        t.contains("with a cache sharing only the downloaded packages"),
+        "{t}"
+    );
+    // The board image, qemu's qcow2, launch script and DIGESTS, and the payload.
+    assert!(t.contains("reproducible: 5 files"), "{t}");
     for f in [
         "minimal_image.bin",
         "minimal_qemu_image.qcow2",
-        "minimal_metal_image.bin.xz",
-        "minimal_gce_image.tar.gz",
+        "minimal_qemu.sh",
+        "minimal_qemu.DIGESTS",
         "minimal_update.payload",
     ] {
         assert!(out.join(f).exists(), "{f}");
     }
-    // 1 board image + qemu (qcow2, sh, DIGESTS) + metal (xz, DIGESTS) + gce (tar.gz,
-    // DIGESTS) + the payload.
-    assert!(t.contains("reproducible: 9 files"), "{t}");
+    // Nothing of the second build is left beside the output.
+    let left: Vec<String> = files(scratch.path());
+    assert_eq!(left, ["out"], "{left:?}");
 }

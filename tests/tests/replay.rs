@@ -818,23 +818,34 @@ fn power_cut_replay_of_apply_mark_good_and_set_next() {
             ops: start..ops.len(),
         });
     };
+    // The system kept, as `kiln update apply` finds it on an image file: the best slot that
+    // booted successfully, its version from the state, its OS id from its own os-release
+    // (EROFS), its architecture from its kernel.
     let apply_v2 = |disk: &Disk| {
-        let active = disk.state().unwrap().keeper().unwrap();
+        let st = disk.state().unwrap();
+        let slot = st.keeper().unwrap();
+        let os_release = disk
+            .usr_os_release(slot)
+            .unwrap()
+            .expect("the minimal image's USR is EROFS");
+        let running = apply::Running {
+            slot,
+            os_id: kiln_update::system::os_release_field(&os_release, "ID").unwrap(),
+            arch: disk.kernel_arch(slot).unwrap().to_string(),
+            version: st.get(slot).version.clone(),
+        };
         apply::apply(
             disk,
             &mut File::open(v2).unwrap(),
             &trusted,
-            active,
-            1,
+            &running,
+            &apply::Options::default(),
             &mut |_| {},
         )
         .unwrap();
     };
     let mark_good = |disk: &Disk, s: Slot| {
-        let mut st = disk.state().unwrap();
-        if st.mark_good(s).unwrap() {
-            disk.write_state(&st).unwrap();
-        }
+        disk.mark_good(s).unwrap();
     };
     record("apply v2 to USR-B", &mut ops, &mut || apply_v2(&disk));
     record("mark-good USR-B", &mut ops, &mut || {

@@ -7,10 +7,13 @@ mod grow;
 mod mounts;
 mod slots;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use kiln_update::apply::{self, Expected};
+use kiln_update::channel::{self, ChannelDir, SeqStore};
+use kiln_update::system;
 
 #[derive(Parser)]
 #[command(name = "kiln-agent", version, about = "The agent inside kiln images")]
@@ -57,28 +60,52 @@ enum Cmd {
     /// Grow the ext4 filesystem mounted at MOUNT_POINT, and its partition if it is the last
     /// one, to the end of its disk (moving the backup GPT there). Does nothing if there is
     /// nothing to grow.
-    GrowRoot { mount_point: std::path::PathBuf },
+    GrowRoot { mount_point: PathBuf },
 }
 
 #[derive(Subcommand)]
 enum UpdateCmd {
     /// Verify a payload (a file, or a block device holding one) against the keys in
     /// /usr/share/kiln/update-keys, write it to the passive slot, and mark that slot to be
-    /// tried at the next boot. Nothing is written unless the whole payload verifies.
+    /// tried at the next boot. Nothing is written unless the whole payload verifies, is for
+    /// this board, OS and architecture, is not older than the running system, and the running
+    /// slot is marked good (the passive one may be the last good system).
     Apply {
-        source: std::path::PathBuf,
-        /// Boots the new slot gets to mark itself good.
+        source: PathBuf,
+        /// Boots the new slot gets to mark itself good (1 to 15).
         #[arg(long, default_value_t = 1)]
         tries: u8,
+        /// Install a payload older than the running system.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// The SHA-256 the payload file must have (from a channel index).
+        #[arg(long, value_name = "HEX")]
+        expect_sha256: Option<String>,
     },
     /// Read a release channel (the directory of its index.json, e.g. a mounted mirror's
-    /// <board>/channels/stable), check its signature against the trusted keys and its board,
-    /// and print what it offers: the payload to apply, or that this system is up to date.
+    /// <board>/channels/stable), check its signature against the trusted keys, its board and
+    /// that it is not older than one seen before, and print what it offers: the payload to
+    /// apply, or that this system is up to date. A channel below the running version is
+    /// refused as a downgrade.
     Check {
-        channel: std::path::PathBuf,
+        channel: PathBuf,
         /// The system's root, for checking an image mounted elsewhere [default: /].
         #[arg(long, default_value = "/")]
-        root: std::path::PathBuf,
+        root: PathBuf,
+        /// Accept a channel whose version is below the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// `update check`, then apply the payload the channel offers, checked against the size and
+    /// SHA-256 its signed index names. Does nothing when the system is up to date.
+    ApplyFromChannel {
+        channel: PathBuf,
+        /// Boots the new slot gets to mark itself good (1 to 15).
+        #[arg(long, default_value_t = 1)]
+        tries: u8,
+        /// Accept and install a channel version below the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
     },
 }
 
@@ -97,8 +124,22 @@ fn main() {
         Cmd::Status => slots::status(),
         Cmd::MarkGood => slots::mark_good().map(|_| ()),
         Cmd::RepairState => slots::repair_state(),
-        Cmd::Update(UpdateCmd::Apply { source, tries }) => slots::apply(&source, tries),
-        Cmd::Update(UpdateCmd::Check { channel, root }) => check(&channel, &root),
+        Cmd::Update(UpdateCmd::Apply {
+            source,
+            tries,
+            allow_downgrade,
+            expect_sha256,
+        }) => slots::apply(&source, tries, allow_downgrade, expect_sha256),
+        Cmd::Update(UpdateCmd::Check {
+            channel,
+            root,
+            allow_downgrade,
+        }) => check(&channel, &root, allow_downgrade).map(|_| ()),
+        Cmd::Update(UpdateCmd::ApplyFromChannel {
+            channel,
+            tries,
+            allow_downgrade,
+        }) => apply_from_channel(&channel, tries, allow_downgrade),
         Cmd::GrowRoot { mount_point } => {
             grow::grow(&mount_point).map(|s| println!("kiln-agent: grow-root: {s}"))
         }
@@ -110,47 +151,79 @@ fn main() {
     }
 }
 
-/// `update check`: what a signed channel index offers this system.
-fn check(channel: &Path, root: &Path) -> Result<()> {
-    let keys_dir = root.join(kiln_update::TRUSTED_KEYS_DIR);
-    let trusted = kiln_update::keys::load_verifying_keys(&keys_dir)?;
+/// `update check`: what a signed channel index offers this system, and the payload's
+/// expected size and digest when it offers one.
+fn check(
+    channel: &Path,
+    root: &Path,
+    allow_downgrade: bool,
+) -> Result<(ChannelDir, Option<(String, Expected)>)> {
+    let trusted = slots::trusted_keys(root)?;
     let field = |k: &str| {
-        os_release_in(root, k)
+        system::os_release_in(root, k)
             .with_context(|| format!("{} has no {k}", root.join("usr/lib/os-release").display()))
     };
     let (running, board) = (field("VERSION")?, field("KILN_BOARD")?);
-    let offer = kiln_update::channel::check(channel, &trusted, &board, &running)?;
+    let dir = ChannelDir::open(channel)?;
+    let seen = SeqStore::new(root);
+    let offer = channel::check(&dir, &trusted, &board, &running, &seen, allow_downgrade)?;
+    if let Some(n) = &offer.note {
+        println!("kiln-agent: {n}");
+    }
     let i = &offer.index;
     match (&offer.payload, &i.payload) {
-        (Some(path), Some(p)) => println!(
-            "kiln-agent: channel {} offers {} (running {running}): payload {} ({} bytes, sha256 {})",
-            i.channel,
-            i.version,
-            path.display(),
-            p.size,
-            p.sha256
-        ),
-        _ if i.version == running => {
-            println!("kiln-agent: channel {} is at {running}: up to date", i.channel)
+        (Some(rel), Some(p)) => {
+            println!(
+                "kiln-agent: channel {} offers {} (running {running}): payload {} ({} bytes, sha256 {})",
+                i.channel,
+                i.version,
+                channel.join(rel).display(),
+                p.size,
+                p.sha256
+            );
+            let expect = Expected {
+                sha256: p.sha256.clone(),
+                size: Some(p.size),
+            };
+            Ok((dir, Some((rel.clone(), expect))))
         }
-        _ => println!(
-            "kiln-agent: channel {} is at {} (running {running}) but names no payload",
-            i.channel, i.version
-        ),
+        _ if i.version == running => {
+            println!(
+                "kiln-agent: channel {} is at {running}: up to date",
+                i.channel
+            );
+            Ok((dir, None))
+        }
+        _ => {
+            println!(
+                "kiln-agent: channel {} is at {} (running {running}) but names no payload",
+                i.channel, i.version
+            );
+            Ok((dir, None))
+        }
     }
-    Ok(())
+}
+
+/// `update apply-from-channel`: the payload the channel's signed index names, opened in the
+/// same state of the channel the index was read from, and held to its size and digest.
+fn apply_from_channel(channel: &Path, tries: u8, allow_downgrade: bool) -> Result<()> {
+    let (dir, offer) = check(channel, Path::new("/"), allow_downgrade)?;
+    let Some((rel, expect)) = offer else {
+        return Ok(());
+    };
+    let src = dir.open_file(&rel)?;
+    slots::apply_file(
+        src,
+        &apply::Options {
+            tries,
+            allow_downgrade,
+            expect: Some(expect),
+        },
+    )
 }
 
 fn os_release_value(key: &str) -> Option<String> {
-    os_release_in(Path::new("/"), key)
-}
-
-fn os_release_in(root: &Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(root.join("usr/lib/os-release")).ok()?;
-    text.lines().find_map(|l| {
-        let v = l.strip_prefix(key)?.strip_prefix('=')?;
-        Some(v.trim_matches('"').to_string())
-    })
+    system::os_release_in(Path::new("/"), key)
 }
 
 fn ready(mark_good: bool) -> Result<()> {

@@ -1,11 +1,13 @@
 //! The A/B state of the disk the system runs from, and updates to its passive slot. The
-//! state and payload code is kiln-update's, the same the builder and `kiln update` use.
+//! state and payload code is kiln-update's, the same the builder and `kiln update` use; every
+//! write holds the disk's lock (an flock on the disk's /dev node) and reads the state again.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use kiln_update::apply::{self, Disk};
+use anyhow::{bail, Context, Result};
+use kiln_update::apply::{self, Disk, Expected, Options, Running};
 use kiln_update::state::{Slot, SlotState};
+use kiln_update::system;
 
 use crate::{blockdev, mounts};
 
@@ -44,24 +46,19 @@ pub fn status() -> Result<()> {
 pub fn mark_good() -> Result<SlotState> {
     let (slot, disk) = running()?;
     let disk = Disk::open(&disk, true)?;
-    let r = disk.read_store()?;
-    let Some(current) = r.state() else {
-        return fresh_state(&disk, slot, &r.problems());
-    };
-    let mut st = current.clone();
-    let changed = st.mark_good(slot)?;
-    if changed || !r.all_valid() {
-        disk.write_state(&st)?;
-    }
-    if changed {
-        println!("kiln-agent: marked USR-{slot} good");
-    } else if !r.all_valid() {
+    let m = disk.mark_good_with(slot, Some(&|| recovered_state(slot)))?;
+    if let Some(why) = &m.rebuilt {
         println!(
-            "kiln-agent: rewrote the damaged copy of the slot state ({})",
-            r.problems()
+            "kiln-agent: the slot state was lost ({why}); wrote a fresh one: USR-{slot} good, USR-{} not to be booted",
+            slot.other()
         );
+    } else if m.changed {
+        println!("kiln-agent: marked USR-{slot} good");
     }
-    Ok(st)
+    if let Some(why) = &m.repaired {
+        println!("kiln-agent: rewrote the damaged copy of the slot state ({why})");
+    }
+    Ok(m.state)
 }
 
 /// `repair-state`: both copies valid again, or a fresh state if none was.
@@ -91,10 +88,10 @@ pub fn repair_state() -> Result<()> {
     Ok(())
 }
 
-/// Writes a fresh state when no copy is valid, from what the running system knows: this slot
-/// runs and reached its ready point, so it is good; the other slot's contents are unknown, so
-/// it is never booted until an update is applied to it.
-fn fresh_state(disk: &Disk, slot: Slot, why: &str) -> Result<SlotState> {
+/// The state the running system rebuilds when no copy is valid, from what it knows: this
+/// slot runs and reached its ready point, so it is good; the other slot's contents are
+/// unknown, so it is never booted until an update is applied to it.
+fn recovered_state(slot: Slot) -> Result<SlotState> {
     let field = |k: &str| {
         crate::os_release_value(k).with_context(|| {
             format!("/usr/lib/os-release has no {k}, needed to rebuild the slot state")
@@ -102,7 +99,13 @@ fn fresh_state(disk: &Disk, slot: Slot, why: &str) -> Result<SlotState> {
     };
     let board = field("KILN_BOARD")?;
     let version = field("VERSION")?;
-    let st = SlotState::recovered(&board, slot, &version)?;
+    SlotState::recovered(&board, slot, &version)
+}
+
+/// Writes a fresh state ([`recovered_state`]) to every copy, when no copy is valid. The
+/// caller holds the disk's lock and has just read the copies.
+fn fresh_state(disk: &Disk, slot: Slot, why: &str) -> Result<SlotState> {
+    let st = recovered_state(slot)?;
     disk.store()?.rebuild(&st)?;
     println!(
         "kiln-agent: the slot state was lost ({why}); wrote a fresh one: USR-{slot} good, USR-{} not to be booted",
@@ -111,20 +114,58 @@ fn fresh_state(disk: &Disk, slot: Slot, why: &str) -> Result<SlotState> {
     Ok(st)
 }
 
-pub fn apply(source: &Path, tries: u8) -> Result<()> {
-    let (active, disk_path) = running()?;
-    let keys_dir = Path::new("/").join(kiln_update::TRUSTED_KEYS_DIR);
+/// What the running system is, for binding a payload to it: its slot, and from the running
+/// /usr its os-release ID and VERSION; the architecture is this agent's own.
+fn running_system(slot: Slot) -> Result<Running> {
+    let field = |k: &str| {
+        system::os_release_in(Path::new("/"), k)
+            .with_context(|| format!("/usr/lib/os-release has no {k}"))
+    };
+    Ok(Running {
+        slot,
+        os_id: field("ID")?,
+        version: field("VERSION")?,
+        arch: system::debian_arch()
+            .context("kiln-agent was built for an architecture kiln has no Debian name for")?
+            .to_string(),
+    })
+}
+
+pub fn trusted_keys(root: &Path) -> Result<Vec<kiln_update::VerifyingKey>> {
+    let keys_dir = root.join(kiln_update::TRUSTED_KEYS_DIR);
     let trusted = kiln_update::keys::load_verifying_keys(&keys_dir)?;
     if trusted.is_empty() {
-        anyhow::bail!(
+        bail!(
             "this image trusts no update key ({} is empty): it was built without a signing key",
             keys_dir.display()
         );
     }
-    let mut src = std::fs::File::open(source)
+    Ok(trusted)
+}
+
+/// `update apply`: `source` is a file or a block device holding the payload.
+pub fn apply(
+    source: &Path,
+    tries: u8,
+    allow_downgrade: bool,
+    expect_sha256: Option<String>,
+) -> Result<()> {
+    let src = std::fs::File::open(source)
         .with_context(|| format!("cannot open the payload {}", source.display()))?;
+    let opts = Options {
+        tries,
+        allow_downgrade,
+        expect: expect_sha256.map(|sha256| Expected { sha256, size: None }),
+    };
+    apply_file(src, &opts)
+}
+
+pub fn apply_file(mut src: std::fs::File, opts: &Options) -> Result<()> {
+    let (active, disk_path) = running()?;
+    let trusted = trusted_keys(Path::new("/"))?;
+    let running = running_system(active)?;
     let disk = Disk::open(&disk_path, true)?;
-    let applied = apply::apply(&disk, &mut src, &trusted, active, tries, &mut |m| {
+    let applied = apply::apply(&disk, &mut src, &trusted, &running, opts, &mut |m| {
         println!("kiln-agent: {m}")
     })?;
     println!(

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use kiln_host::tools::{Tool, BC, BISON, FLEX, GCC, LD, LIBELF_H, MAKE, OPENSSL_H, PERL, TAR, XZ};
-use kiln_host::{Cmd, Event};
+use kiln_host::{manifest, Cmd, Event};
 use kiln_recipe::recipe::ConfigBase;
 use sha2::{Digest, Sha256};
 
@@ -94,8 +94,14 @@ pub fn check_tree(dir: &Path) -> Result<()> {
     kiln_recipe::check_kernel_tree(dir).map_err(anyhow::Error::msg)
 }
 
+/// Prefix of a source tarball being unpacked in `<cache>/kernel-src` (a killed build's is
+/// removed by the next).
+pub const UNPACK_PREFIX: &str = ".unpack-";
+
 /// The tree to build: `source` itself, or the tarball unpacked into `<cache>/<hash>` (once:
-/// the unpack is published by rename, so a killed one is never used).
+/// the unpack gets a manifest, is flushed and is published by rename, so a killed one is
+/// never used; a later build checks it against the manifest and unpacks it again if it was
+/// damaged).
 pub fn tree(source: &Path, hash: &str, cache: &Path) -> Result<PathBuf> {
     if source.is_dir() {
         check_tree(source)?;
@@ -103,10 +109,22 @@ pub fn tree(source: &Path, hash: &str, cache: &Path) -> Result<PathBuf> {
     }
     let id = hash.rsplit(':').next().unwrap_or(hash);
     let dest = cache.join(&id[..32.min(id.len())]);
+    if dest.is_dir() {
+        if let Err(why) = manifest::verify(&dest, manifest::Check::from_env()) {
+            tracing::warn!(
+                "kernel: the unpacked source {} is damaged ({why}); unpacking it again",
+                dest.display()
+            );
+            let old = cache.join(format!("{UNPACK_PREFIX}old-{}", std::process::id()));
+            std::fs::rename(&dest, &old)?;
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
+        }
+    }
     if !dest.is_dir() {
         std::fs::create_dir_all(cache)?;
         let tmp = tempfile::Builder::new()
-            .prefix(".unpack-")
+            .prefix(UNPACK_PREFIX)
             .tempdir_in(cache)
             .context("cannot make a directory to unpack the kernel source in")?;
         tracing::info!("kernel: unpacking {}", source.display());
@@ -121,6 +139,9 @@ pub fn tree(source: &Path, hash: &str, cache: &Path) -> Result<PathBuf> {
                 source.display()
             ))
             .run()?;
+        manifest::record(tmp.path())?;
+        // On disk before it has its name: a power cut must not leave half a tree under it.
+        kiln_host::atomic::syncfs(tmp.path())?;
         std::fs::rename(tmp.keep(), &dest)?;
     }
     // The tarball's one top-level directory (linux-source-6.1/), or the tree itself.
@@ -488,5 +509,62 @@ mod tests {
         assert_eq!(a, source_hash(d.path()).unwrap());
         std::fs::write(d.path().join("Makefile"), "VERSION = 7\nx\n").unwrap();
         assert_ne!(a, source_hash(d.path()).unwrap());
+    }
+
+    /// A tarball holding a (tiny) kernel tree under one top-level directory.
+    fn tarball(dir: &Path) -> PathBuf {
+        let src = dir.join("src/linux-source-6.1");
+        std::fs::create_dir_all(src.join("arch/x86")).unwrap();
+        std::fs::create_dir_all(src.join("drivers")).unwrap();
+        std::fs::write(src.join("Makefile"), "VERSION = 6\nPATCHLEVEL = 1\n").unwrap();
+        std::fs::write(src.join("Kconfig"), "source \"arch/x86/Kconfig\"\n").unwrap();
+        std::fs::write(src.join("arch/x86/Kconfig"), "config X86\n\tdef_bool y\n").unwrap();
+        std::fs::write(src.join("drivers/big.c"), "x".repeat(100_000)).unwrap();
+        let tar = dir.join("linux-source-6.1.tar");
+        let st = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(dir.join("src"))
+            .arg("linux-source-6.1")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        tar
+    }
+
+    /// An unpacked source that lost files, or whose files were cut short, is unpacked again;
+    /// a whole one is used as it is.
+    #[test]
+    fn a_damaged_unpacked_source_is_unpacked_again() {
+        let d = tempfile::tempdir().unwrap();
+        let tar = tarball(d.path());
+        let cache = d.path().join("kernel-src");
+        let hash = source_hash(&tar).unwrap();
+        let root = tree(&tar, &hash, &cache).unwrap();
+        assert_eq!(root.file_name().unwrap(), "linux-source-6.1");
+        let unpacked = root.parent().unwrap().to_path_buf();
+        assert!(unpacked.join(manifest::FILE).is_file());
+        type Damage = fn(&Path);
+        for damage in [
+            (|r: &Path| std::fs::remove_file(r.join("arch/x86/Kconfig")).unwrap()) as Damage,
+            |r: &Path| std::fs::write(r.join("drivers/big.c"), b"").unwrap(),
+            |r: &Path| std::fs::remove_file(r.parent().unwrap().join(manifest::FILE)).unwrap(),
+        ] {
+            damage(&root);
+            let again = tree(&tar, &hash, &cache).unwrap();
+            assert_eq!(again, root);
+            assert_eq!(
+                std::fs::read_to_string(root.join("arch/x86/Kconfig")).unwrap(),
+                "config X86\n\tdef_bool y\n"
+            );
+            assert_eq!(
+                std::fs::metadata(root.join("drivers/big.c")).unwrap().len(),
+                100_000
+            );
+            manifest::verify(&unpacked, manifest::Check::Full).unwrap();
+        }
+        // Nothing but the one unpacked tree is left in the cache.
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
     }
 }

@@ -454,13 +454,14 @@ fn bench_update(
         .run()?;
     let (_, apply_s) = timed(|| {
         let disk = apply::Disk::open(&image, true)?;
+        let running = crate::update::offline_running(&disk, &image)?;
         let mut src = std::fs::File::open(&pfile)?;
         apply::apply(
             &disk,
             &mut src,
             &[public],
-            kiln_update::state::Slot::A,
-            1,
+            &running,
+            &apply::Options::default(),
             &mut |_| {},
         )
     })?;

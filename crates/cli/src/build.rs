@@ -49,8 +49,9 @@ pub struct BuildArgs {
     /// developer]
     #[arg(long, value_name = "NAME")]
     channel: Option<String>,
-    /// Build twice (the second time every stage again, into a temporary directory) and
-    /// compare every output byte; names the first differing file and offset.
+    /// Build twice (the second time every stage again, with a temporary cache that shares
+    /// only the downloaded packages, into a temporary directory) and compare every output
+    /// byte; names the first differing file and offset.
     #[arg(long, conflicts_with = "release")]
     check_reproducible: bool,
     #[command(flatten)]

@@ -96,8 +96,20 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
     let esp = gpt
         .partitions()
         .find(|(_, e)| type_name(&e.type_guid) == Some("efi-system"));
-    if let (Some((_, e)), Some(v)) = (esp, &view) {
-        v.copy(e.first_lba, e.last_lba + 1)?;
+    if let Some((n, e)) = esp {
+        // Bounded before anything is copied: a tiny qcow2 can claim a 1 TiB ESP.
+        let bytes = e.sectors().saturating_mul(512);
+        if bytes > kiln_update::apply::MAX_ESP_BYTES {
+            anyhow::bail!(
+                "{}: GPT partition {n}, the EFI system partition, is {bytes} bytes ({} MiB), more than the {} MiB kiln reads: refused before copying it (kiln's ESP is 128 MiB)",
+                image.display(),
+                bytes >> 20,
+                kiln_update::apply::MAX_ESP_BYTES >> 20
+            );
+        }
+        if let Some(v) = &view {
+            v.copy(e.first_lba, e.last_lba + 1)?;
+        }
     }
     let store = kiln_update::apply::Disk::open(&source, false).and_then(|d| d.read_store());
     let (slots, slots_error, copies) = match store {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod imagelock;
 mod inspect;
 mod kernel;
 mod release;

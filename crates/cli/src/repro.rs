@@ -1,5 +1,7 @@
 //! `kiln build --check-reproducible`: the same recipe built a second time, every stage
-//! again (from the cached packages), compared byte for byte with the first build.
+//! again, compared byte for byte with the first build. The second build has a cache of its
+//! own that shares only the downloaded packages: no stage output and no compressed xz chunk
+//! of the first build is reused, so everything that could differ is made again.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,29 @@ pub fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>> {
     }
 }
 
+/// A new cache at `root` holding the downloaded packages of `from` and nothing else: hard
+/// links where the filesystems allow (packages are never written in place), copies where not.
+pub fn cache_sharing_debs(from: &Path, root: &Path) -> Result<kiln_pipeline::CacheDirs> {
+    let cache = kiln_pipeline::CacheDirs::new(root.to_path_buf())?;
+    let debs = from.join("debs");
+    if debs.is_dir() {
+        for e in walkdir::WalkDir::new(&debs).min_depth(1) {
+            let e = e.with_context(|| format!("cannot read {}", debs.display()))?;
+            let rel = e.path().strip_prefix(&debs).expect("below debs");
+            let dest = root.join("debs").join(rel);
+            if e.file_type().is_dir() {
+                std::fs::create_dir_all(&dest)
+                    .with_context(|| format!("cannot create {}", dest.display()))?;
+            } else if e.file_type().is_file() && std::fs::hard_link(e.path(), &dest).is_err() {
+                std::fs::copy(e.path(), &dest).with_context(|| {
+                    format!("cannot copy {} to {}", e.path().display(), dest.display())
+                })?;
+            }
+        }
+    }
+    Ok(cache)
+}
+
 pub fn check(r: &kiln_recipe::Resolved, opts: &BuildOptions, first: &BuildOutput) -> Result<i32> {
     let parent = opts
         .output_dir
@@ -51,11 +76,13 @@ pub fn check(r: &kiln_recipe::Resolved, opts: &BuildOptions, first: &BuildOutput
         .tempdir_in(parent)
         .context("cannot make a directory for the second build")?;
     eprintln!(
-        "check-reproducible: building again, every stage, into {}",
+        "check-reproducible: building again, every stage, with a cache sharing only the \
+         downloaded packages, in {}",
         tmp.path().display()
     );
     let second_opts = BuildOptions {
-        output_dir: tmp.path().to_path_buf(),
+        cache: cache_sharing_debs(&opts.cache.root, &tmp.path().join("cache"))?,
+        output_dir: tmp.path().join("out"),
         rebuild: true,
         ..opts.clone()
     };
@@ -94,9 +121,10 @@ pub fn check(r: &kiln_recipe::Resolved, opts: &BuildOptions, first: &BuildOutput
     for p in &problems {
         println!("not reproducible: {p}");
     }
-    // Keep the second build to look at the difference.
+    // Keep the second build's output to look at the difference; its cache can go.
     let kept = tmp.keep();
-    eprintln!("the second build is kept in {}", kept.display());
+    let _ = std::fs::remove_dir_all(kept.join("cache"));
+    eprintln!("the second build is kept in {}", kept.join("out").display());
     Ok(1)
 }
 

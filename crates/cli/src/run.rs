@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// Leave the image unchanged: guest writes go to a temporary overlay.
     #[arg(long)]
     snapshot: bool,
+    /// Boot a qcow2, vmdk or vhd that reads other files (a backing file, a data file,
+    /// extents in other files, a parent disk). Without it such an image is refused: it can
+    /// name any host file, which the guest would then read and write.
+    #[arg(long)]
+    allow_external_files: bool,
     /// Attach FILE as a further read-only virtio disk (/dev/vdb, /dev/vdc, ...): an update
     /// payload for `kiln-agent update apply /dev/vdb`, for instance. Repeatable.
     #[arg(long, value_name = "FILE")]
@@ -123,6 +128,12 @@ pub fn run(a: RunArgs) -> Result<i32> {
     if format.is_packed() {
         image = kiln_formats::unpack(&a.image, format, tmp.path())?;
         format = ImageFormat::Raw;
+    } else if !a.allow_external_files {
+        kiln_formats::image::check_self_contained(&image, format).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}; or pass --allow-external-files to boot it with the files it names"
+            )
+        })?;
     }
     let mut disks = vec![Disk {
         path: image,

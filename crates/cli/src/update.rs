@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use kiln_formats::WorkingCopy;
-use kiln_update::apply::{self, Disk};
+use kiln_formats::{ImageFormat, SparseView, WorkingCopy};
+use kiln_host::{tools::DEBUGFS, Cmd};
+use kiln_update::apply::{self, Disk, Running};
 use kiln_update::payload::{self, Meta};
 use kiln_update::state::Slot;
-use kiln_update::{keys, SigningKey, VerifyingKey};
+use kiln_update::{keys, system, SigningKey, VerifyingKey};
 
 #[derive(Args, Clone, Default)]
 pub struct SigningArgs {
@@ -63,8 +64,10 @@ impl SigningArgs {
             return Ok(None);
         }
         let dir = cache.join("keys");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Two builds starting on one cache must not both generate a key (the second would
+        // fail, or sign with a key whose public half the first overwrote): one at a time
+        // looks, generates and writes the public half.
+        let _one = kiln_host::lock::DirLock::acquire(&dir, "build generating the key in")?;
         let path = dir.join("INSECURE-kiln-development-key.pem");
         let key = if path.exists() {
             keys::load_signing_key(&path)?
@@ -146,9 +149,12 @@ pub enum UpdateCmd {
             required = true
         )]
         keys: Vec<PathBuf>,
-        /// Boots the new slot gets to mark itself good.
+        /// Boots the new slot gets to mark itself good (1 to 15).
         #[arg(long, default_value_t = 1)]
         tries: u8,
+        /// Install a payload older than the slot kept.
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Make a payload from a USR image, a kernel and an initramfs (as `kiln build` does).
     Create(Box<CreateArgs>),
@@ -228,18 +234,140 @@ pub fn key(cmd: KeyCmd) -> Result<i32> {
     }
 }
 
+const WHAT: &str = "kiln slot and kiln update";
+
+/// An image file opened as a raw disk for `kiln slot` and `kiln update`. For writing it holds
+/// the image's locks (kiln's flock, and QEMU's write lock: see [`crate::imagelock`]) until
+/// dropped, so these commands on one image run one after the other, and never while a VM
+/// runs it. A qcow2's GPT is checked before the image is converted to its raw working copy.
+pub struct Image {
+    pub disk: Disk,
+    copy: WorkingCopy,
+    _locks: Vec<File>,
+}
+
+impl Image {
+    pub fn open(image: &Path, writable: bool) -> Result<Self> {
+        let format = ImageFormat::detect(image)?;
+        let mut locks = Vec::new();
+        let raw_lock = match (format, writable) {
+            (ImageFormat::Raw, true) => Some(kiln_update::lock::open_locked(image, true)?),
+            (ImageFormat::Qcow2, true) => {
+                locks.push(kiln_update::lock::open_locked(image, false)?);
+                None
+            }
+            _ => None,
+        };
+        if writable {
+            locks.push(crate::imagelock::refuse_if_in_use_by_qemu(image)?);
+        }
+        if format == ImageFormat::Qcow2 {
+            check_gpt_before_copying(image, format)?;
+        }
+        let copy = WorkingCopy::open(image, WHAT)?;
+        let disk = match raw_lock {
+            Some(f) => Disk::from_file(f, image.display().to_string())?,
+            None => Disk::open(copy.raw(), writable)?,
+        };
+        Ok(Self {
+            disk,
+            copy,
+            _locks: locks,
+        })
+    }
+
+    /// Writes a changed qcow2 back; a raw image was changed in place.
+    pub fn finish(self, changed: bool) -> Result<()> {
+        let Self { disk, copy, _locks } = self;
+        drop(disk);
+        copy.finish(changed)
+    }
+}
+
+/// The GPT sectors of a qcow2, read alone: a GPT whose ESP or slots are out of bounds (a
+/// tiny file can claim a 1 TiB ESP) is refused before the whole disk is converted.
+fn check_gpt_before_copying(image: &Path, format: ImageFormat) -> Result<()> {
+    let tmp = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let view = SparseView::gpt(image, format, tmp.path())?;
+    let mut f = File::open(view.path())?;
+    let size = f.metadata()?.len();
+    let gpt = kiln_disk::Gpt::read(&mut f, size)
+        .with_context(|| {
+            format!(
+                "{}: no valid GPT: this is not a kiln disk image",
+                image.display()
+            )
+        })?
+        .gpt;
+    apply::locate(&gpt, size, &image.display().to_string())?;
+    Ok(())
+}
+
+/// The slot an offline update keeps, and what it is: the best slot that booted successfully
+/// (refused when there is none: an untried slot may not be the fallback), its version from
+/// the slot state, its OS id from its own /usr/lib/os-release, its architecture from its
+/// kernel on the ESP.
+pub fn offline_running(disk: &Disk, image: &Path) -> Result<Running> {
+    let st = disk.state()?;
+    let slot = st
+        .keeper()
+        .filter(|&s| st.get(s).successful)
+        .with_context(|| {
+            format!(
+                "no slot of {} has booted successfully, so none can be kept as the fallback: mark the working one good first (kiln slot mark-good {} a|b)",
+                image.display(),
+                image.display()
+            )
+        })?;
+    let text = match disk.usr_os_release(slot)? {
+        Some(t) => t,
+        None => {
+            // Not EROFS: ext4, read with debugfs at the partition's offset (read-only).
+            let x = disk.usr(slot);
+            let dev = format!("{}?offset={}", disk.what, x.offset);
+            let out = Cmd::new(DEBUGFS)
+                .args(["-R", "cat /lib/os-release"])
+                .arg(&dev)
+                .what(format!(
+                    "read /usr/lib/os-release from USR-{slot} of {}",
+                    image.display()
+                ))
+                .run()?;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let os_id = system::os_release_field(&text, "ID").with_context(|| {
+        format!(
+            "{}: USR-{slot} has no ID in /usr/lib/os-release, so the payload's os-id cannot be checked",
+            image.display()
+        )
+    })?;
+    Ok(Running {
+        slot,
+        os_id,
+        arch: disk.kernel_arch(slot)?.to_string(),
+        version: st.get(slot).version.clone(),
+    })
+}
+
+/// A warning on stderr for each copy of the slot state that is not valid (the state is the
+/// other copy; the next write rewrites the damaged one).
+fn warn_invalid_copies(disk: &Disk) -> Result<()> {
+    let r = disk.read_store()?;
+    for (path, c) in &r.copies {
+        if let Err(e) = c {
+            eprintln!("warning: the slot state's copy /{path} is not valid: {e}");
+        }
+    }
+    Ok(())
+}
+
 pub fn slot(cmd: SlotCmd) -> Result<i32> {
     match cmd {
         SlotCmd::Status { image, json } => {
-            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
-            let disk = Disk::open(img.raw(), false)?;
-            let r = disk.read_store()?;
-            for (path, c) in &r.copies {
-                if let Err(e) = c {
-                    eprintln!("warning: the slot state's copy /{path} is not valid: {e}");
-                }
-            }
-            let st = disk.state()?;
+            let img = Image::open(&image, false)?;
+            warn_invalid_copies(&img.disk)?;
+            let st = img.disk.state()?;
             if json {
                 let v = serde_json::json!({
                     "image": image.display().to_string(),
@@ -253,29 +381,31 @@ pub fn slot(cmd: SlotCmd) -> Result<i32> {
             img.finish(false)?;
         }
         SlotCmd::SetNext { image, slot, tries } => {
-            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
-            let st = Disk::open(img.raw(), true)?.set_next(slot, tries)?;
+            let img = Image::open(&image, true)?;
+            warn_invalid_copies(&img.disk)?;
+            let st = img.disk.set_next(slot, tries)?;
             img.finish(true)?;
             print!("{st}");
         }
         SlotCmd::MarkGood { image, slot } => {
-            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
-            let disk = Disk::open(img.raw(), true)?;
-            let mut st = disk.state()?;
+            let img = Image::open(&image, true)?;
             let slot = match slot {
                 Some(s) => s,
                 None => {
-                    st.next_boot()
+                    img.disk
+                        .state()?
+                        .next_boot()
                         .context("no slot is bootable; name the slot to mark good")?
                         .slot
                 }
             };
-            let changed = st.mark_good(slot)?;
-            if changed {
-                disk.write_state(&st)?;
+            warn_invalid_copies(&img.disk)?;
+            let m = img.disk.mark_good_with(slot, None)?;
+            if let Some(why) = &m.repaired {
+                eprintln!("rewrote the damaged copy of the slot state ({why})");
             }
-            img.finish(changed)?;
-            print!("{st}");
+            img.finish(m.wrote())?;
+            print!("{}", m.state);
         }
     }
     Ok(0)
@@ -299,22 +429,24 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
             payload: pfile,
             keys: key_files,
             tries,
+            allow_downgrade,
         } => {
             let trusted = trusted(&key_files)?;
             let mut src = File::open(&pfile)
                 .with_context(|| format!("cannot open the payload {}", pfile.display()))?;
-            let img = WorkingCopy::open(&image, "kiln slot and kiln update")?;
-            let disk = Disk::open(img.raw(), true)?;
+            let img = Image::open(&image, true)?;
+            warn_invalid_copies(&img.disk)?;
             // The slot kept is the fallback (the best slot that booted successfully), so an
             // untried update is what gets replaced, never the last known-good system.
-            let active = disk
-                .state()?
-                .keeper()
-                .context("no slot of this image is bootable, so none can be kept as the fallback: mark one good first")?;
-            let applied = apply::apply(&disk, &mut src, &trusted, active, tries, &mut |m| {
+            let running = offline_running(&img.disk, &image)?;
+            let opts = apply::Options {
+                tries,
+                allow_downgrade,
+                expect: None,
+            };
+            let applied = apply::apply(&img.disk, &mut src, &trusted, &running, &opts, &mut |m| {
                 eprintln!("{m}")
             })?;
-            drop(disk);
             img.finish(true)?;
             println!(
                 "applied {} {} to USR-{} of {}",
@@ -393,4 +525,39 @@ pub fn update(cmd: UpdateCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds starting together on one cache all sign with the one development key: none
+    /// fails because another generated it first, and the public half is that key's.
+    #[test]
+    fn concurrent_builds_share_one_generated_dev_key() {
+        for _ in 0..5 {
+            let d = tempfile::tempdir().unwrap();
+            let args = SigningArgs {
+                signing_key: None,
+                dev_key: true,
+            };
+            let barrier = std::sync::Barrier::new(8);
+            let ids: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let k = args.resolve(d.path()).expect("dev key").expect("a key");
+                            keys::key_id(&k.key.verifying_key())
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
+            let public = d.path().join("keys/INSECURE-kiln-development-key.pem.pub");
+            let text = std::fs::read_to_string(public).unwrap();
+            assert!(text.contains("PUBLIC KEY"), "{text}");
+        }
+    }
 }

@@ -18,7 +18,7 @@ mod ova;
 mod sidecar;
 mod util;
 mod vmx;
-mod xz;
+pub mod xz;
 
 pub use digests::digests;
 pub use disk::{check_size, convert, move_raw, DiskFormat, Stamp, VHD_MAX_BYTES};

@@ -3,62 +3,287 @@
 //! compressed as its own .xz stream (the format allows streams to follow each other, and every
 //! decoder handles that), all-zero chunks reuse one precomputed stream, and the other chunks
 //! are compressed in parallel. The output depends only on the input and the level.
+//!
+//! Compressed chunks are kept on disk by content hash and level, `<sha256>-<level>.chunk`:
+//! a header (magic, the chunk's length and SHA-256, the stream's SHA-256) and the xz stream,
+//! flushed before it is renamed into place. A chunk read back is used only if its header
+//! describes this chunk and the stream has the SHA-256 the header gives, which finds any
+//! damage the file took since kiln wrote it (a power cut, a full disk, a truncation, a stray
+//! write) for the cost of hashing a few MiB; with `KILN_CACHE_VERIFY=full` the stream is also
+//! decoded and must be one whole xz stream with CRC64 checks that decodes to exactly the
+//! chunk's bytes. A chunk that fails is removed and compressed again. A bounded memo keeps
+//! recently used streams in memory.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use kiln_host::atomic::Staged;
 use sha2::{Digest, Sha256};
-use xz2::stream::{Check, Stream};
+use xz2::stream::{Action, Check, Status, Stream};
 use xz2::write::XzEncoder;
 
 const CHUNK: usize = 16 << 20;
+/// The most compressed bytes the memo keeps between uses; a build's xz artifacts and payload
+/// hold hundreds of MiB of streams.
+const MEMO_BUDGET: usize = if cfg!(test) { 4 << 20 } else { 64 << 20 };
+/// Enough for any preset's dictionary (level 9: 64 MiB).
+const DECODER_MEMLIMIT: u64 = 256 << 20;
+/// Prefix of a chunk file being written (`<cache>/xz-chunks/.tmp-...`), removed by the next
+/// build if kiln was killed.
+pub const CHUNK_TMP_PREFIX: &str = ".tmp-";
+/// A chunk file's first bytes (the format's version is its last digit).
+const MAGIC: &[u8; 16] = b"kiln-xz-chunk-1\n";
+/// Magic, the chunk's length (u64 LE), the chunk's SHA-256, the stream's SHA-256.
+const HEADER: usize = 16 + 8 + 32 + 32;
 
+/// Whether a name in the chunk directory is a chunk file of a kiln from before the header
+/// (`<sha256>-<level>.xz`), which the next build removes.
+pub fn is_headerless_chunk(name: &str) -> bool {
+    name.strip_suffix(".xz")
+        .and_then(|n| n.split_once('-'))
+        .is_some_and(|(h, l)| {
+            h.len() == 64
+                && h.bytes().all(|b| b.is_ascii_hexdigit())
+                && l.len() == 1
+                && l.as_bytes()[0].is_ascii_digit()
+        })
+}
+
+type Key = (String, u32);
 type Slot = Arc<OnceLock<std::result::Result<Arc<Vec<u8>>, String>>>;
 
-/// Compressed chunks by (content hash, level), shared by every image this process writes:
-/// platforms with the same layout carry the same USR bytes at the same offsets, so the second
-/// one finds the first one's streams (and waits for a stream still being made).
-fn memo() -> &'static Mutex<HashMap<(String, u32), Slot>> {
-    static MEMO: OnceLock<Mutex<HashMap<(String, u32), Slot>>> = OnceLock::new();
+#[derive(Default)]
+struct Memo {
+    /// Streams being made or read: a second thread asking for one waits for the first.
+    pending: HashMap<Key, Slot>,
+    /// Recently used streams with the time of their last use, at most MEMO_BUDGET bytes.
+    recent: HashMap<Key, (Arc<Vec<u8>>, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl Memo {
+    fn get(&mut self, k: &Key) -> Option<Arc<Vec<u8>>> {
+        self.clock += 1;
+        let now = self.clock;
+        self.recent.get_mut(k).map(|(b, used)| {
+            *used = now;
+            b.clone()
+        })
+    }
+
+    fn keep(&mut self, k: Key, b: Arc<Vec<u8>>) {
+        if b.len() > MEMO_BUDGET || self.recent.contains_key(&k) {
+            return;
+        }
+        self.clock += 1;
+        self.bytes += b.len();
+        self.recent.insert(k, (b, self.clock));
+        while self.bytes > MEMO_BUDGET {
+            let oldest = self
+                .recent
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+                .expect("over budget means not empty");
+            if let Some((b, _)) = self.recent.remove(&oldest) {
+                self.bytes -= b.len();
+            }
+        }
+    }
+}
+
+fn memo() -> &'static Mutex<Memo> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
     MEMO.get_or_init(Default::default)
 }
 
 /// A chunk's stream from the in-process memo, the on-disk chunk cache, or the encoder.
 fn cached_chunk(data: &[u8], level: u32, dir: Option<&Path>) -> Result<Arc<Vec<u8>>> {
-    let hash = hex::encode(Sha256::digest(data));
-    let slot = memo()
-        .lock()
-        .expect("xz memo")
-        .entry((hash.clone(), level))
-        .or_default()
-        .clone();
-    let file: Option<PathBuf> = dir.map(|d| d.join(format!("{hash}-{level}.xz")));
-    let r = slot.get_or_init(|| {
-        if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
-            return Ok(Arc::new(bytes));
+    let hash: [u8; 32] = Sha256::digest(data).into();
+    let key = (hex::encode(hash), level);
+    let file = dir.map(|d| d.join(format!("{}-{level}.chunk", key.0)));
+    let slot = {
+        let mut m = memo().lock().expect("xz memo");
+        if let Some(b) = m.get(&key) {
+            drop(m);
+            if let Some(f) = &file {
+                keep_on_disk(f, data.len(), &hash, &b);
+            }
+            return Ok(b);
         }
-        compress_chunk(data, level)
-            .map(Arc::new)
-            .map_err(|e| format!("{e:#}"))
-    });
-    if let (Some(f), Ok(bytes)) = (&file, r) {
-        if !f.exists() {
-            // Publish atomically; a failure to cache is not a failure to compress.
-            let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, bytes.as_slice()).is_err() || std::fs::rename(&tmp, f).is_err()
-            {
-                let _ = std::fs::remove_file(&tmp);
+        m.pending.entry(key.clone()).or_default().clone()
+    };
+    let r = slot
+        .get_or_init(|| {
+            load_or_make(data, &hash, level, file.as_deref())
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone();
+    let mut m = memo().lock().expect("xz memo");
+    m.pending.remove(&key);
+    if let Ok(b) = &r {
+        m.keep(key, b.clone());
+    }
+    r.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The chunk's stream from `file` if that is sound, else compressed (and kept there).
+fn load_or_make(data: &[u8], hash: &[u8; 32], level: u32, file: Option<&Path>) -> Result<Vec<u8>> {
+    let Some(file) = file else {
+        return compress_chunk(data, level);
+    };
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            let full = kiln_host::manifest::Check::from_env() == kiln_host::manifest::Check::Full;
+            match check_file(bytes, data, hash, full) {
+                Ok(stream) => return Ok(stream),
+                Err(why) => {
+                    tracing::warn!(
+                        "xz chunk {} is damaged ({why}); compressing it again",
+                        file.display()
+                    );
+                    let _ = std::fs::remove_file(file);
+                }
             }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot read xz chunk {}: {e}", file.display()),
     }
-    r.clone().map_err(|e| anyhow::anyhow!(e))
+    let stream = compress_chunk(data, level)?;
+    // A failure to cache is not a failure to compress.
+    if let Err(e) = publish(file, &file_bytes(data.len(), hash, &stream)) {
+        tracing::warn!("cannot keep xz chunk {}: {e:#}", file.display());
+    }
+    Ok(stream)
+}
+
+/// A chunk file: the header, then the stream.
+fn file_bytes(len: usize, hash: &[u8; 32], stream: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER + stream.len());
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&(len as u64).to_le_bytes());
+    b.extend_from_slice(hash);
+    b.extend_from_slice(&Sha256::digest(stream));
+    b.extend_from_slice(stream);
+    b
+}
+
+/// The stream of a chunk file if the file is the one kiln wrote for this chunk (and, with
+/// `full`, the stream decodes to the chunk); else what is wrong.
+fn check_file(
+    mut bytes: Vec<u8>,
+    data: &[u8],
+    hash: &[u8; 32],
+    full: bool,
+) -> std::result::Result<Vec<u8>, String> {
+    if bytes.is_empty() {
+        return Err("it is empty".into());
+    }
+    if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+        return Err("it has no chunk header".into());
+    }
+    let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if len != data.len() as u64 || bytes[24..56] != hash[..] {
+        return Err("its header describes another chunk".into());
+    }
+    let stream = bytes.split_off(HEADER);
+    if Sha256::digest(&stream)[..] != bytes[56..88] {
+        return Err("its stream is not the one it was written with".into());
+    }
+    if full {
+        check_stream(&stream, data)?;
+    }
+    Ok(stream)
+}
+
+/// Makes sure a stream known to be good (compressed or checked in this process) is also in
+/// the chunk cache, as a later build expects.
+fn keep_on_disk(file: &Path, len: usize, hash: &[u8; 32], good: &[u8]) {
+    let want = file_bytes(len, hash, good);
+    if std::fs::read(file).is_ok_and(|b| b == want) {
+        return;
+    }
+    if let Err(e) = publish(file, &want) {
+        tracing::warn!("cannot keep xz chunk {}: {e:#}", file.display());
+    }
+}
+
+/// Writes a chunk file whole: a temporary, flushed to disk, renamed into place.
+fn publish(file: &Path, bytes: &[u8]) -> Result<()> {
+    let name = file
+        .file_name()
+        .context("a chunk file has a name")?
+        .to_string_lossy();
+    let tmp = file.with_file_name(format!("{CHUNK_TMP_PREFIX}{name}-{}", std::process::id()));
+    let r = (|| -> Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        // On disk before it has its name: a power cut must not leave a short chunk under it.
+        f.sync_all()?;
+        kiln_host::failpoint::hit("chunk-publish");
+        std::fs::rename(&tmp, file)?;
+        kiln_host::failpoint::hit("chunk-published");
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Whether `stream` is one whole .xz stream with CRC64 checks (as [`compress_chunk`] makes)
+/// that decodes to exactly `data`; else what is wrong.
+fn check_stream(stream: &[u8], data: &[u8]) -> std::result::Result<(), String> {
+    // Magic and stream flags: no check other than CRC64 (0x04) is what kiln writes.
+    if stream.len() < 12 || stream[..8] != [0xfd, b'7', b'z', b'X', b'Z', 0, 0, 0x04] {
+        return Err(if stream.is_empty() {
+            "it is empty".into()
+        } else {
+            "it does not start with an xz stream header with CRC64 checks".into()
+        });
+    }
+    let mut d = Stream::new_stream_decoder(DECODER_MEMLIMIT, 0)
+        .map_err(|e| format!("cannot start the xz decoder: {e}"))?;
+    let mut out = Vec::with_capacity(data.len() + 1);
+    loop {
+        let (inp, outp) = (d.total_in(), d.total_out());
+        let status = d
+            .process_vec(&stream[inp as usize..], &mut out, Action::Finish)
+            .map_err(|e| format!("it is not a valid xz stream: {e}"))?;
+        if status == Status::StreamEnd {
+            break;
+        }
+        if out.len() == out.capacity() {
+            return Err("it decodes to more than the chunk".into());
+        }
+        if (d.total_in(), d.total_out()) == (inp, outp) {
+            return Err("the stream is cut short".into());
+        }
+    }
+    if d.total_in() as usize != stream.len() {
+        return Err(format!(
+            "{} bytes follow its stream",
+            stream.len() - d.total_in() as usize
+        ));
+    }
+    if out.len() != data.len() {
+        return Err(format!(
+            "it decodes to {} bytes, not the chunk's {}",
+            out.len(),
+            data.len()
+        ));
+    }
+    if out != data {
+        return Err("it decodes to other bytes than the chunk's".into());
+    }
+    Ok(())
 }
 
 fn compress_chunk(data: &[u8], level: u32) -> Result<Vec<u8>> {
@@ -260,5 +485,141 @@ mod tests {
         assert!(e.contains("level 10"), "{e}");
         assert!(xz_compress(dir.path(), &dest, 1, 6, None).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Forgets the in-process copies, as a new process would start without them.
+    fn forget_memo() {
+        *memo().lock().unwrap() = Memo::default();
+    }
+
+    /// What a power cut, a full disk or a stray file leaves under a chunk's name is found on
+    /// reuse and made again: the artifact is the input, compressed, whatever the cache holds.
+    #[test]
+    fn a_damaged_chunk_is_never_reused() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let f = File::create(&raw).unwrap();
+        f.set_len(2 * CHUNK as u64).unwrap();
+        let data: Vec<u8> = (0..CHUNK as u32 / 2).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&data, 0).unwrap();
+        drop(f);
+        let want = std::fs::read(&raw).unwrap();
+        let cache = dir.path().join("chunks");
+        let good = dir.path().join("good.xz");
+        xz_compress(&raw, &good, 1, 0, Some(&cache)).unwrap();
+        let good_bytes = std::fs::read(&good).unwrap();
+        let hash: [u8; 32] = Sha256::digest(&want[..CHUNK]).into();
+        let chunk = cache.join(format!("{}-0.chunk", hex::encode(hash)));
+        let chunk_bytes = std::fs::read(&chunk).unwrap();
+        let stream = chunk_bytes[HEADER..].to_vec();
+        let other_data = b"another chunk's data";
+        let other = compress_chunk(other_data, 0).unwrap();
+        let mut flipped = chunk_bytes.clone();
+        let n = flipped.len();
+        flipped[n / 2] ^= 1;
+        let damages: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("cut short", chunk_bytes[..chunk_bytes.len() / 2].to_vec()),
+            ("only the header", chunk_bytes[..HEADER].to_vec()),
+            ("a flipped bit in the stream", flipped),
+            (
+                "trailing bytes",
+                [chunk_bytes.clone(), b"junk".to_vec()].concat(),
+            ),
+            (
+                "another chunk's file",
+                file_bytes(other_data.len(), &Sha256::digest(other_data).into(), &other),
+            ),
+            (
+                "a bare stream (a kiln from before the header)",
+                stream.clone(),
+            ),
+            ("not a chunk", vec![0x5a; 4096]),
+        ];
+        for (what, bad) in damages {
+            std::fs::write(&chunk, &bad).unwrap();
+            forget_memo();
+            let out = dir.path().join("again.xz");
+            xz_compress(&raw, &out, 1, 0, Some(&cache)).unwrap();
+            let o = Command::new("xz").arg("-dc").arg(&out).output().unwrap();
+            assert!(
+                o.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                o.stdout == want,
+                "{what}: the artifact does not decompress to the disk"
+            );
+            assert!(
+                std::fs::read(&out).unwrap() == good_bytes,
+                "{what}: other bytes"
+            );
+            // The bad chunk was replaced by a good one.
+            assert!(
+                std::fs::read(&chunk).unwrap() == chunk_bytes,
+                "{what}: chunk not remade"
+            );
+        }
+        // A file consistent with itself, for this chunk, whose stream is of other data: only
+        // decoding (KILN_CACHE_VERIFY=full) finds it.
+        let forged = file_bytes(CHUNK, &hash, &other);
+        let data = &want[..CHUNK];
+        assert!(check_file(forged.clone(), data, &hash, false).is_ok());
+        let e = check_file(forged, data, &hash, true).unwrap_err();
+        assert!(e.contains("decodes to"), "{e}");
+        assert_eq!(check_file(chunk_bytes, data, &hash, true).unwrap(), stream);
+        // Each kind of bad stream is named by the full check.
+        let half = compress_chunk(&data[..CHUNK / 2], 0).unwrap();
+        for (bad, want) in [
+            (Vec::new(), "it is empty"),
+            (stream[..stream.len() / 2].to_vec(), "cut short"),
+            (half, "decodes to 8388608 bytes, not the chunk's 16777216"),
+            (
+                [stream.clone(), stream.clone()].concat(),
+                "bytes follow its stream",
+            ),
+            (vec![0x5a; 64], "does not start with an xz stream header"),
+        ] {
+            let e = check_stream(&bad, data).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    /// Compressed bytes the memo holds.
+    fn memo_bytes() -> usize {
+        let m = memo().lock().unwrap();
+        let held: usize = m.recent.values().map(|(b, _)| b.len()).sum();
+        assert_eq!(held, m.bytes);
+        held
+    }
+
+    /// The in-process memo keeps a bounded number of compressed bytes, however many chunks
+    /// a process compresses (a build compresses every data chunk of every xz artifact and
+    /// of the payload).
+    #[test]
+    fn the_memo_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        // Three distinct chunks, each compressing to about 2 MiB.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let bytes: Vec<u8> = (0..3 * CHUNK)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 8 == 0 {
+                    x as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        std::fs::write(&raw, &bytes).unwrap();
+        forget_memo();
+        xz_compress(&raw, &dir.path().join("out.xz"), 2, 0, None).unwrap();
+        let held = memo_bytes();
+        assert!(held <= MEMO_BUDGET, "the memo holds {held} bytes");
     }
 }

@@ -69,6 +69,19 @@ impl Staged {
     }
 }
 
+/// Flushes the filesystem holding `path` (one call for a tree's thousands of files, before
+/// the tree is published by rename).
+pub fn syncfs(path: &Path) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot flush {} to disk", path.display()));
+    }
+    Ok(())
+}
+
 /// The directory a path is in ("." for a bare file name).
 pub fn parent_dir(p: &Path) -> &Path {
     match p.parent() {

@@ -23,6 +23,9 @@ pub struct Info {
     pub actual_size: Option<u64>,
     #[serde(default)]
     pub format_specific: Option<FormatSpecific>,
+    /// A qcow2's (or a VMDK's parent's) backing file: another file the image reads.
+    #[serde(default)]
+    pub backing_filename: Option<String>,
 }
 
 /// The format's own part of [`Info`].
@@ -44,6 +47,19 @@ pub struct FormatData {
     /// vmdk: monolithicSparse, streamOptimized...
     #[serde(default)]
     pub create_type: Option<String>,
+    /// qcow2: an external data file holding the guest's bytes.
+    #[serde(default)]
+    pub data_file: Option<String>,
+    /// vmdk: the files holding the disk's data (for a single-file VMDK, itself).
+    #[serde(default)]
+    pub extents: Vec<Extent>,
+}
+
+/// A VMDK extent as `qemu-img info` names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Extent {
+    #[serde(default)]
+    pub filename: String,
 }
 
 impl Info {
@@ -55,6 +71,38 @@ impl Info {
     /// The VMDK subformat, for a vmdk image.
     pub fn vmdk_create_type(&self) -> Option<&str> {
         self.data("vmdk")?.create_type.as_deref()
+    }
+
+    /// Every file other than `image` that reading the image reads: a backing file, a data
+    /// file, VMDK extents in other files. Names as qemu-img gives them.
+    pub fn external_files(&self, image: &Path) -> Vec<String> {
+        let own = std::fs::canonicalize(image).ok();
+        let dir = image.parent().unwrap_or(Path::new("."));
+        let is_own = |name: &str| {
+            let p = Path::new(name);
+            let p = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            };
+            // A name relative to the working directory (as the image was given) or to the
+            // image's directory.
+            [p, PathBuf::from(name)]
+                .iter()
+                .any(|c| std::fs::canonicalize(c).ok() == own && own.is_some())
+        };
+        let mut out: Vec<String> = self.backing_filename.iter().cloned().collect();
+        if let Some(d) = &self.format_specific {
+            out.extend(d.data.data_file.iter().cloned());
+            out.extend(
+                d.data
+                    .extents
+                    .iter()
+                    .filter(|e| !is_own(&e.filename))
+                    .map(|e| e.filename.clone()),
+            );
+        }
+        out
     }
 
     fn data(&self, kind: &str) -> Option<&FormatData> {

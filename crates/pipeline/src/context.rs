@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use kiln_boot::initramfs;
+use kiln_host::lock::DirLock;
 use kiln_host::tools::{self, Tool};
 use kiln_recipe::{Filesystem, Firmware, Resolved};
 
@@ -25,6 +26,8 @@ pub struct Build<'a> {
     work: tempfile::TempDir,
     reports: Mutex<Vec<StageReport>>,
     _lock: CacheLock,
+    /// Held for the whole build: one kiln at a time writes (and cleans) an output directory.
+    out_lock: DirLock,
 }
 
 /// The stage outputs every image builds on.
@@ -47,7 +50,10 @@ impl<'a> Build<'a> {
             bail!("kiln build must run as root (root in a user namespace is enough): the package tree keeps the owners the packages set");
         }
         tools::check_all(&required_tools(r))?;
-        initramfs::check_static(&opts.agent, "kiln-agent")?;
+        initramfs::check_static(&opts.agent, "kiln-agent", &r.board.arch)?;
+        // The output directory before the cache, always in this order (a release build holds
+        // its release directory before either), so two builds never wait on each other.
+        let out_lock = DirLock::acquire(&opts.output_dir, "build writing to")?;
         let lock = opts.cache.lock()?;
         Ok(Build {
             recipe: r,
@@ -58,7 +64,12 @@ impl<'a> Build<'a> {
             work: opts.cache.work_dir()?,
             reports: Mutex::new(Vec::new()),
             _lock: lock,
+            out_lock,
         })
+    }
+
+    pub fn output_lock(&self) -> &DirLock {
+        &self.out_lock
     }
 
     /// Runs a stage (or takes its cached output) and records what happened.

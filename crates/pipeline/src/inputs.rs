@@ -5,14 +5,22 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Bump to invalidate every cached stage when what a stage produces changes in code.
-pub const PIPELINE_VERSION: &str = "kiln-pipeline-4";
+/// kiln's code identity (build.rs): the SHA-256 of the sources that shape stage outputs. The
+/// first input of every stage, so a change to that code rebuilds the stages, and `--explain`
+/// says so.
+pub const CODE_ID: &str = env!("KILN_CODE_ID");
 
 /// Values longer than this are recorded by their hash (the key always hashes the value).
 const SHOWN: usize = 200;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Inputs(Vec<(&'static str, Vec<u8>)>);
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Self(vec![("kiln code", CODE_ID.as_bytes().to_vec())])
+    }
+}
 
 impl Inputs {
     pub fn new() -> Self {
@@ -28,8 +36,6 @@ impl Inputs {
     /// The key of `stage` made from these inputs.
     pub fn key(&self, stage: &str) -> String {
         let mut h = Sha256::new();
-        h.update(PIPELINE_VERSION);
-        h.update([0]);
         h.update(stage);
         h.update([0]);
         for (label, v) in &self.0 {
@@ -126,8 +132,8 @@ mod tests {
             .add("y", &long)
             .add("w", [0u8, 1]);
         let rec = c.record();
-        assert!(rec.0[1].1.starts_with("sha256:") && rec.0[1].1.ends_with("(500 bytes)"));
-        assert!(rec.0[2].1.starts_with("sha256:"));
+        assert!(rec.0[2].1.starts_with("sha256:") && rec.0[2].1.ends_with("(500 bytes)"));
+        assert!(rec.0[3].1.starts_with("sha256:"));
         let changes = rec.changes_from(&a.record());
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(
@@ -137,5 +143,24 @@ mod tests {
         assert_eq!(changes[1], "w is new");
         assert_eq!(a.record().changes_from(&c.record())[1], "w is gone");
         assert!(a.record().changes_from(&a.record()).is_empty());
+    }
+
+    /// kiln's code identity is every stage's first input: 64 hex digits, recorded so that
+    /// `--explain` names it when it changes.
+    #[test]
+    fn the_code_identity_is_the_first_input() {
+        assert_eq!(CODE_ID.len(), 64);
+        assert!(CODE_ID.bytes().all(|b| b.is_ascii_hexdigit()));
+        let rec = Inputs::new().add("x", "1").record();
+        assert_eq!(rec.0[0], ("kiln code".to_string(), CODE_ID.to_string()));
+        let mut before = rec.clone();
+        before.0[0].1 = "0".repeat(64);
+        assert_eq!(
+            rec.changes_from(&before),
+            [format!(
+                "kiln code changed (was 000000000000…, now {}…)",
+                &CODE_ID[..12]
+            )]
+        );
     }
 }

@@ -44,8 +44,19 @@ use stages::{
 
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
     let started = Instant::now();
-    let b = Build::start(r, opts)?;
+    // Before anything is created or locked: a layout or size a format cannot take.
     let images = images::plan(r)?;
+    let b = Build::start(r, opts)?;
+    let out = build_images(&b, &images, started);
+    if out.is_err() {
+        b.output_lock().remove_if_made_and_empty();
+    }
+    out
+}
+
+fn build_images(b: &Build, images: &[images::Image], started: Instant) -> Result<BuildOutput> {
+    let r = b.recipe;
+    let opts = b.opts;
     let epoch = r.source_date_epoch;
 
     // The packages and the kernel are independent downloads: side by side.
@@ -56,7 +67,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         mmdebstrap: &b.tools.mmdebstrap,
         debs: &b.debs,
     };
-    let (packages, kernel) = both(|| b.run(&packages), || kernel(&b))?;
+    let (packages, kernel) = both(|| b.run(&packages), || kernel(b))?;
     // Before any image is written: the kernel has what every platform built needs.
     stages::kernel::check_requirements(r, &kernel)?;
 
@@ -93,6 +104,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         usr_fs: r.usr_filesystem.as_str(),
         oem_spec: format!("PARTLABEL={}", r.layout.oem().label),
         epoch,
+        arch: &r.board.arch,
     };
     let (usr, (grub, initramfs)) = both(
         || b.run(&usr),
@@ -110,10 +122,10 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         initramfs: &initramfs,
     };
     let (payload, files) = both(
-        || payload(&b, &usr, &kernel, &initramfs),
+        || payload(b, &usr, &kernel, &initramfs),
         || {
-            all(&images, |img| {
-                images::build(&b, &shared, img, staging.path())
+            all(images, |img| {
+                images::build(b, &shared, img, staging.path())
                     .with_context(|| format!("{} image", img.name))
             })
         },
@@ -145,6 +157,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         Some(p) => {
             let tmp = staging.path().join("update.payload");
             std::fs::copy(&p.file, &tmp)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
                 .with_context(|| format!("cannot copy the payload to {}", tmp.display()))?;
             Some(staging.add_as(tmp, &format!("{}_update.payload", r.name))?)
         }
@@ -166,7 +179,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildOutput> {
         packages: stages::packages::installed_packages(&packages.root)?,
         tools: b.tools.as_map(),
         kernel_version: kernel.version.clone(),
-        stages: in_order(b.reports(), &images),
+        stages: in_order(b.reports(), images),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -103,7 +103,7 @@ pub struct KernelDef {
     pub package: String,
     /// Kernel command-line arguments common to every image of the board.
     #[serde(default)]
-    pub cmdline: Vec<String>,
+    pub cmdline: Vec<Spanned<String>>,
     /// Modules the initramfs carries and loads (with their dependencies): disk controllers
     /// and the filesystems of ROOT and USR.
     pub initramfs_modules: Vec<String>,

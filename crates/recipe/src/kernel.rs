@@ -42,21 +42,17 @@ pub struct KernelBuild {
 /// The board's kernel with the recipe's overrides, every argument checked.
 pub fn resolve(
     board: &BoardFile,
-    board_path: &Path,
+    board_src: &SourceFile,
     k: &KernelOverride,
     recipe_dir: &Path,
     recipe: &SourceFile,
 ) -> Result<Kernel> {
-    let mut cmdline = board.kernel.cmdline.clone();
-    cmdline.extend(k.cmdline.iter().cloned());
-    for arg in &cmdline {
-        check_kernel_arg(arg).map_err(|m| {
-            anyhow::anyhow!(
-                "{m} (in {} or {})",
-                board_path.display(),
-                recipe.path.display()
-            )
-        })?;
+    let mut cmdline = Vec::new();
+    for (args, src) in [(&board.kernel.cmdline, board_src), (&k.cmdline, recipe)] {
+        for arg in args {
+            check_kernel_arg(arg.get_ref()).map_err(|m| src.error_at(&arg.span(), m))?;
+            cmdline.push(arg.get_ref().clone());
+        }
     }
     let mut initramfs_modules = board.kernel.initramfs_modules.clone();
     initramfs_modules.extend(k.initramfs_modules.iter().cloned());

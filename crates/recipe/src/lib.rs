@@ -250,8 +250,12 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
             recipe_path.display()
         );
     }
+    for m in &r.packages.mirrors {
+        names::check_mirror(m.get_ref())
+            .map_err(|e| src.error_at(&m.span(), format!("packages.mirrors: {e}")))?;
+    }
 
-    let mut kernel = kernel::resolve(&b.file, &b.src.path, &r.kernel, recipe_dir, &src)?;
+    let mut kernel = kernel::resolve(&b.file, &b.src, &r.kernel, recipe_dir, &src)?;
 
     let (overlays, mut tree_hashes) = overlays(&r, recipe_dir, &src)?;
     let oem = oem(&r, &b, &board_dir, recipe_dir, &src)?;
@@ -293,7 +297,12 @@ pub fn load(recipe_path: &Path, opts: &LoadOptions) -> Result<Resolved> {
         },
         packages: Packages {
             suite: r.packages.suite.clone(),
-            mirrors: r.packages.mirrors.clone(),
+            mirrors: r
+                .packages
+                .mirrors
+                .iter()
+                .map(|m| m.get_ref().clone())
+                .collect(),
             components: r.packages.components.clone(),
             variant: r.packages.variant.get_ref().clone(),
             include: r.packages.include.clone(),

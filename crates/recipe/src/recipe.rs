@@ -57,8 +57,8 @@ pub struct OsDef {
 pub struct PackagesDef {
     /// Debian suite, e.g. bookworm.
     pub suite: String,
-    /// Mirrors, tried in order by apt.
-    pub mirrors: Vec<String>,
+    /// Mirrors, tried in order by apt: http://, https:// or file:// URLs.
+    pub mirrors: Vec<Spanned<String>>,
     #[serde(default = "default_components")]
     pub components: Vec<String>,
     /// mmdebstrap variant (essential, minbase, apt, ...).
@@ -102,7 +102,7 @@ pub struct KernelOverride {
     pub config_base: Option<ConfigBase>,
     /// Appended to the board's command line.
     #[serde(default)]
-    pub cmdline: Vec<String>,
+    pub cmdline: Vec<Spanned<String>>,
     /// Appended to the board's initramfs modules.
     #[serde(default)]
     pub initramfs_modules: Vec<String>,

@@ -825,3 +825,92 @@ fn every_platform_is_checked_even_when_not_selected() {
     });
     assert_has(&e, &["vmware.toml:", "unknown variant `scsi`"]);
 }
+
+/// grub.cfg carries kernel arguments unquoted: one with GRUB syntax in it is refused where it
+/// is written, in the recipe, the board profile or a platform file.
+#[test]
+fn kernel_arguments_with_grub_syntax_are_named_at_their_place() {
+    for arg in ["x=${prefix}", "quiet#", "a|b", "a&&b", "a>b", "init=/bin/*"] {
+        let t = Tree::new();
+        t.append(RECIPE, &format!("\n[kernel]\ncmdline = [{arg:?}]\n"));
+        let line = t.line_of(RECIPE, "cmdline = ");
+        assert_has(
+            &t.error(),
+            &[
+                &t.at(RECIPE, line, 12),
+                &format!("kernel argument {arg:?}"),
+                "GRUB metacharacters",
+            ],
+        );
+    }
+    let t = Tree::new();
+    t.edit(
+        BOARD,
+        "cmdline = [\"console=tty0\",",
+        "cmdline = [\"console=tty0\", \"$x\",",
+    );
+    let line = t.line_of(BOARD, "cmdline = ");
+    assert_has(
+        &t.error(),
+        &[&t.at(BOARD, line, 28), "kernel argument \"$x\""],
+    );
+    let t = Tree::new();
+    t.edit(
+        QEMU,
+        "initramfs-modules =",
+        "cmdline = [\"a{b}\"]\ninitramfs-modules =",
+    );
+    let line = t.line_of(QEMU, "cmdline = ");
+    assert_has(
+        &t.error(),
+        &[&t.at(QEMU, line, 12), "kernel argument \"a{b}\""],
+    );
+}
+
+/// A mirror reaches mmdebstrap as an argument: anything but a mirror URL (an option such as
+/// `--customize-hook=...`, a sources.list line, a path, `-` for stdin) is refused at its place.
+#[test]
+fn mirrors_must_be_urls() {
+    for bad in [
+        "--customize-hook=touch /tmp/pwned",
+        "-",
+        "deb http://deb.debian.org/debian bookworm main",
+        "/srv/mirror",
+        "ftp://deb.debian.org/debian",
+        "http://",
+        "http://deb.debian.org/debian\nmain",
+        "http:// deb.debian.org/debian",
+        "",
+    ] {
+        let t = Tree::new();
+        t.edit(
+            RECIPE,
+            "mirrors = [\"http://deb.debian.org/debian\"]",
+            &format!("mirrors = [\"http://deb.debian.org/debian\", {bad:?}]"),
+        );
+        let line = t.line_of(RECIPE, "mirrors = ");
+        assert_has(
+            &t.error(),
+            &[
+                &t.at(RECIPE, line, 44),
+                "packages.mirrors",
+                "is not a mirror URL",
+            ],
+        );
+    }
+    for good in [
+        "https://deb.debian.org/debian",
+        "http://127.0.0.1:3142/debian",
+        "file:///srv/mirror",
+        "http://[::1]:8080/debian/",
+    ] {
+        let t = Tree::new();
+        t.edit(
+            RECIPE,
+            "mirrors = [\"http://deb.debian.org/debian\"]",
+            &format!("mirrors = [{good:?}]"),
+        );
+        t.load_with(LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{good}: {e:#}"));
+    }
+}

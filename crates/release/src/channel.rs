@@ -40,14 +40,10 @@ pub fn read(board_dir: &Path, channel: &str, key: &VerifyingKey) -> Result<Optio
     if std::fs::symlink_metadata(&dir).is_err() {
         return Ok(None);
     }
-    let text = std::fs::read(dir.join(INDEX)).with_context(|| {
-        format!(
-            "channel {channel}: cannot read {}",
-            dir.join(INDEX).display()
-        )
-    })?;
-    let sig = std::fs::read_to_string(dir.join(INDEX_SIG))
-        .with_context(|| format!("channel {channel}: the index has no signature {INDEX_SIG}"))?;
+    // Bounded, no symlinked files, both from the one state the channel's symlink names.
+    let (text, sig) = kiln_update::channel::ChannelDir::open(&dir)
+        .and_then(|d| d.read_signed_index())
+        .with_context(|| format!("channel {channel}: cannot read its index"))?;
     let index: Index = serde_json::from_slice(&text)
         .with_context(|| format!("channel {channel}: {INDEX} is malformed"))?;
     let mine = kiln_update::keys::key_id(key);

@@ -1,6 +1,9 @@
 //! Where a release build goes: a hidden directory beside `<out>/<board>/<version>/`, renamed
 //! into place when the release is complete, so a reader sees a whole release or none. A
-//! release is never rewritten.
+//! release is never rewritten. The board's release directory is locked from before the
+//! build looks for an existing release until the release is in place: a second release build
+//! waits, then finds the release made and is refused, and never removes a running build's
+//! partial release.
 
 use std::path::{Path, PathBuf};
 
@@ -17,13 +20,17 @@ pub struct Staging {
     pub dir: PathBuf,
     pub staging: PathBuf,
     published: bool,
+    _lock: kiln_host::lock::DirLock,
 }
 
 impl Staging {
-    /// Refuses a release that exists; removes what a killed release build left.
+    /// Locks the board's release directory (waiting for another release build of the board),
+    /// refuses a release that exists, and removes what a killed release build left.
     pub fn prepare(out: &Path, r: &Resolved) -> Result<Self> {
         let board_dir = out.join(&r.board.name);
         let dir = board_dir.join(&r.os.version);
+        let lock = kiln_host::lock::DirLock::acquire(&board_dir, "release build of")?;
+        // Holding the lock: a build that held it before may have made it.
         if dir.exists() {
             bail!(
                 "release {} of board {} already exists at {}: a release is never rebuilt in place \
@@ -33,8 +40,6 @@ impl Staging {
                 dir.display()
             );
         }
-        std::fs::create_dir_all(&board_dir)
-            .with_context(|| format!("cannot create {}", board_dir.display()))?;
         let partial = format!(".{}.partial-", r.os.version);
         for e in std::fs::read_dir(&board_dir)?.flatten() {
             if e.file_name().to_string_lossy().starts_with(&partial) {
@@ -46,6 +51,7 @@ impl Staging {
             dir,
             staging,
             published: false,
+            _lock: lock,
         })
     }
 
@@ -61,6 +67,8 @@ impl Staging {
         std::fs::remove_file(&out.image)
             .with_context(|| format!("cannot remove {}", out.image.display()))?;
         let m = release::finish(&self.staging, r, out, key)?;
+        kiln_host::atomic::syncfs(&self.staging)?;
+        kiln_host::failpoint::hit("release-publish");
         std::fs::rename(&self.staging, &self.dir).with_context(|| {
             format!(
                 "cannot move the release into place at {}",

@@ -323,6 +323,20 @@ impl Esp {
         Ok(v)
     }
 
+    /// The first `max` bytes of `path` at most: a FAT entry can claim any size, and only
+    /// what is needed is read into memory.
+    pub fn read_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>> {
+        let f =
+            self.fs.root_dir().open_file(path).with_context(|| {
+                format!("{}: no /{path} on the EFI system partition", self.what)
+            })?;
+        let mut v = Vec::new();
+        f.take(max)
+            .read_to_end(&mut v)
+            .with_context(|| format!("{}: cannot read /{path}", self.what))?;
+        Ok(v)
+    }
+
     pub fn exists(&self, path: &str) -> bool {
         self.fs.root_dir().open_file(path).is_ok()
     }

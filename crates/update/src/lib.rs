@@ -3,12 +3,16 @@
 pub mod apply;
 pub mod channel;
 pub mod dev;
+pub mod erofs;
 pub mod esp;
 pub mod fat;
 pub mod keys;
+pub mod lock;
 pub mod payload;
 pub mod state;
 pub mod store;
+pub mod system;
+pub mod version;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 

@@ -57,6 +57,17 @@ impl Read {
         self.copies.iter().all(|(_, c)| c.is_ok())
     }
 
+    /// The state, or an error naming why each copy is not valid (on `what`).
+    pub fn require(&self, what: &str) -> Result<SlotState> {
+        match self.state() {
+            Some(s) => Ok(s.clone()),
+            None => bail!(
+                "{what}: no valid copy of the slot state ({}); on the running system `kiln-agent repair-state` writes a fresh one",
+                self.problems()
+            ),
+        }
+    }
+
     /// Why no copy is valid, naming each.
     pub fn problems(&self) -> String {
         self.copies
@@ -151,15 +162,7 @@ impl Store {
 
     /// The state: the valid copy with the highest generation.
     pub fn state(&self) -> Result<SlotState> {
-        let r = self.read()?;
-        match r.state() {
-            Some(s) => Ok(s.clone()),
-            None => bail!(
-                "{}: no valid copy of the slot state ({}); on the running system `kiln-agent repair-state` writes a fresh one",
-                self.what,
-                r.problems()
-            ),
-        }
+        self.read()?.require(&self.what)
     }
 
     /// Writes `st` to the copy that is not the current one, with the next generation, and

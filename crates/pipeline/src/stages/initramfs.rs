@@ -20,6 +20,9 @@ pub struct Initramfs<'a> {
     /// How the init finds the OEM partition, e.g. PARTLABEL=OEM.
     pub oem_spec: String,
     pub epoch: i64,
+    /// The board's architecture, which busybox and the agent are checked against. Not an
+    /// input: it is checked, it does not shape the image.
+    pub arch: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +55,7 @@ impl Stage for Initramfs<'_> {
                 usr_fstype: self.usr_fs,
                 oem_spec: &self.oem_spec,
                 epoch: self.epoch,
+                arch: self.arch,
             },
             &out.join("initrd.img"),
         )

@@ -61,9 +61,11 @@ mod read;
 #[cfg(test)]
 mod tests;
 mod write;
+mod xzmem;
 
-pub use read::{extract, open, read_header_unverified, verify_body};
+pub use read::{extract, open, read_header_unverified, verify_body, verify_file};
 pub use write::create;
+pub use xzmem::{check_xz_memory, XZ_MEMLIMIT};
 
 /// The first 8 bytes of every payload.
 pub const MAGIC: [u8; 8] = *b"KILNUPD\0";

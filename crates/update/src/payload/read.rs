@@ -197,6 +197,24 @@ fn section_problem(names: &[SectionName]) -> String {
     "they are out of order".to_owned()
 }
 
+/// Reads the payload from its first byte (`r` positioned there) to the end of its body, whose
+/// start `body_start` [`open`] found: checks the body against the header, and returns the
+/// SHA-256 of all those bytes, the digest of the payload file that a channel index names.
+pub fn verify_file<R: Read + ?Sized>(
+    r: &mut R,
+    body_start: u64,
+    header: &Header,
+) -> Result<String> {
+    let mut all = HashingReader::new((&mut *r).take(body_start.saturating_add(header.body_size)));
+    let n = io::copy(&mut (&mut all).take(body_start), &mut io::sink())
+        .context("cannot read the payload")?;
+    if n < body_start {
+        bail!("truncated: the payload ends inside its header");
+    }
+    verify_body(&mut all, header)?;
+    Ok(hex::encode(all.hasher.finalize()))
+}
+
 /// Reads exactly `header.body_size` bytes from `r` and checks their sha256 against the header.
 ///
 /// Reads nothing past the body, so `r` may be a device that is larger than the payload.
@@ -235,8 +253,9 @@ pub fn extract<R: Read + ?Sized>(
     sink: &mut dyn FnMut(SectionName, &[u8]) -> Result<()>,
 ) -> Result<()> {
     check_sections(header.sections.iter().map(|s| s.name)).context("cannot extract the payload")?;
-    // Only the .xz format (no legacy .lzma), with all concatenated streams.
-    let stream = Stream::new_stream_decoder(u64::MAX, xz2::stream::CONCATENATED)
+    // Only the .xz format (no legacy .lzma), with all concatenated streams, and no more memory
+    // than a payload kiln writes needs: the bytes are checked only as they stream past.
+    let stream = Stream::new_stream_decoder(super::xzmem::XZ_MEMLIMIT, xz2::stream::CONCATENATED)
         .context("cannot start the xz decoder")?;
     let body = HashingReader::new((&mut *r).take(header.body_size));
     let mut xz = xz2::bufread::XzDecoder::new_stream(BufReader::with_capacity(CHUNK, body), stream);
@@ -272,6 +291,7 @@ fn extract_section(
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = read_full(xz, &mut buf[..want])
+            .map_err(memlimit_error)
             .with_context(|| format!("cannot decompress the {name} section of the payload body"))?;
         if n == 0 {
             bail!(
@@ -292,6 +312,22 @@ fn extract_section(
         );
     }
     Ok(())
+}
+
+/// liblzma's "memory limit reached" as kiln's refusal; other errors as they are.
+fn memlimit_error(e: io::Error) -> anyhow::Error {
+    let limit = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<xz2::stream::Error>())
+        .is_some_and(|x| matches!(x, xz2::stream::Error::MemLimit));
+    if limit {
+        anyhow!(
+            "the payload body needs more than the {} MiB of memory kiln allows its xz decoder: refused",
+            super::xzmem::XZ_MEMLIMIT >> 20
+        )
+    } else {
+        anyhow::Error::new(e)
+    }
 }
 
 /// Counts and hashes what passes through, to check the compressed body while decoding it.

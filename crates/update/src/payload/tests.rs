@@ -567,3 +567,82 @@ fn a_payload_at_the_build_level_round_trips() {
     open(&mut f, &trusted()).unwrap();
     assert_eq!(extract_all(&mut f, &made).unwrap(), contents);
 }
+
+/// A compressor writing one xz stream whose LZMA2 dictionary is `dict` bytes (what `xz -9`
+/// or `--lzma2=dict=` would write), with stream padding after it.
+fn xz_with_dictionary(dict: u32) -> impl Fn(&Path, &Path) -> Result<()> {
+    move |raw: &Path, out: &Path| {
+        let mut opts = xz2::stream::LzmaOptions::new_preset(0)?;
+        opts.dict_size(dict);
+        let mut filters = xz2::stream::Filters::new();
+        filters.lzma2(&opts);
+        let stream = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc64)?;
+        let mut enc = xz2::write::XzEncoder::new_stream(Vec::new(), stream);
+        enc.write_all(&fs::read(raw)?)?;
+        let mut body = enc.finish()?;
+        body.extend_from_slice(&[0; 8]);
+        fs::write(out, body)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn xz_memory_is_bounded_before_and_while_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    // What kiln writes: level 1 in chunks, several streams: about 1 MiB per block.
+    let (p, h) = make_payload(dir.path(), &small_contents(), &xz(1)).unwrap();
+    let mut f = File::open(&p).unwrap();
+    let o = open(&mut f, &trusted()).unwrap();
+    let need = check_xz_memory(&mut f, o.header_bytes_len, &h).unwrap();
+    assert!(need <= 3 << 20, "{need}");
+    // Several streams of level 0, and padding between streams, are walked too.
+    let d2 = tempfile::tempdir().unwrap();
+    let (p2, h2) = make_payload(d2.path(), &small_contents(), &xz_in_streams(3)).unwrap();
+    let mut f2 = File::open(&p2).unwrap();
+    let o2 = open(&mut f2, &trusted()).unwrap();
+    check_xz_memory(&mut f2, o2.header_bytes_len, &h2).unwrap();
+
+    // A 64 MiB dictionary (xz -9): refused before decoding, and by the decoder itself.
+    let d3 = tempfile::tempdir().unwrap();
+    let (big, hb) =
+        make_payload(d3.path(), &small_contents(), &xz_with_dictionary(64 << 20)).unwrap();
+    let mut f3 = File::open(&big).unwrap();
+    let o3 = open(&mut f3, &trusted()).unwrap();
+    verify_body(&mut f3, &hb).unwrap();
+    let e = format!(
+        "{:#}",
+        check_xz_memory(&mut f3, o3.header_bytes_len, &hb).unwrap_err()
+    );
+    assert!(
+        e.contains("needs 65 MiB of memory")
+            && e.contains("dictionary of 64 MiB")
+            && e.contains("16 MiB"),
+        "{e}"
+    );
+    f3.seek(SeekFrom::Start(o3.header_bytes_len)).unwrap();
+    let e = format!("{:#}", extract_all(&mut f3, &hb).unwrap_err());
+    assert!(e.contains("more than the 16 MiB of memory"), "{e}");
+    // 8 MiB (xz's default level 6) is within the limit.
+    let d4 = tempfile::tempdir().unwrap();
+    let (ok, ho) =
+        make_payload(d4.path(), &small_contents(), &xz_with_dictionary(8 << 20)).unwrap();
+    let mut f4 = File::open(&ok).unwrap();
+    let o4 = open(&mut f4, &trusted()).unwrap();
+    check_xz_memory(&mut f4, o4.header_bytes_len, &ho).unwrap();
+    f4.seek(SeekFrom::Start(o4.header_bytes_len)).unwrap();
+    extract_all(&mut f4, &ho).unwrap();
+}
+
+#[test]
+fn verify_file_hashes_the_payload_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, h) = make_payload(dir.path(), &small_contents(), &xz(1)).unwrap();
+    let mut f = File::open(&p).unwrap();
+    let o = open(&mut f, &trusted()).unwrap();
+    // Trailing bytes (a device larger than the payload) are not part of the file's digest.
+    let mut bytes = fs::read(&p).unwrap();
+    let want = hex::encode(sha2::Sha256::digest(&bytes));
+    bytes.extend_from_slice(&[0xee; 4096]);
+    let got = verify_file(&mut Cursor::new(&bytes), o.header_bytes_len, &h).unwrap();
+    assert_eq!(got, want);
+}

@@ -58,7 +58,7 @@ pub fn make_disk(dir: &Path) -> PathBuf {
             priority: 1,
             tries: 0,
             successful: true,
-            version: "1".into(),
+            version: "1.0.0".into(),
         },
     )
     .unwrap();
@@ -89,12 +89,53 @@ pub fn make_disk(dir: &Path) -> PathBuf {
             &["-i", e, env.to_str().unwrap(), &format!("::/{path}")],
         );
     }
+    // Slot A's kernel and initramfs, so set-next can switch back to A.
+    for (name, to) in [
+        ("vmlinuz-a", "kiln/vmlinuz-a"),
+        ("initrd-a", "kiln/initrd-a"),
+    ] {
+        let f = dir.join(name);
+        std::fs::write(&f, format!("{name} v1")).unwrap();
+        run(
+            "mcopy",
+            &["-i", e, f.to_str().unwrap(), &format!("::/{to}")],
+        );
+    }
     f.write_all_at(&std::fs::read(&esp_img).unwrap(), esp.offset_bytes)
         .unwrap();
     path
 }
 
 pub fn make_payload(dir: &Path, name: &str, board: &str, usr: &[u8], k: &SigningKey) -> PathBuf {
+    let meta = Meta {
+        board: board.into(),
+        ..meta("2.0.0")
+    };
+    make_payload_with(dir, name, &meta, usr, k, &|raw, out| {
+        kiln_formats::xz_compress(raw, out, 1, 0, None)
+    })
+}
+
+/// The header fields of a payload for the test disk's system, at `version`.
+pub fn meta(version: &str) -> Meta {
+    Meta {
+        os_id: "kiln".into(),
+        os_name: "Kiln".into(),
+        version: version.into(),
+        board: "test-board".into(),
+        arch: "amd64".into(),
+        created: 0,
+    }
+}
+
+pub fn make_payload_with(
+    dir: &Path,
+    name: &str,
+    meta: &Meta,
+    usr: &[u8],
+    k: &SigningKey,
+    compress: &dyn Fn(&Path, &Path) -> anyhow::Result<()>,
+) -> PathBuf {
     let files: Vec<PathBuf> = [
         ("usr", usr),
         ("kernel", b"kernel-v2"),
@@ -102,7 +143,7 @@ pub fn make_payload(dir: &Path, name: &str, board: &str, usr: &[u8], k: &Signing
     ]
     .iter()
     .map(|(n, b)| {
-        let p = dir.join(n);
+        let p = dir.join(format!("{name}-{n}"));
         std::fs::write(&p, b).unwrap();
         p
     })
@@ -110,23 +151,14 @@ pub fn make_payload(dir: &Path, name: &str, board: &str, usr: &[u8], k: &Signing
     let out = dir.join(format!("{name}.payload"));
     payload::create(
         &out,
-        &Meta {
-            os_id: "kiln".into(),
-            os_name: "Kiln".into(),
-            version: "2".into(),
-            board: board.into(),
-            arch: "amd64".into(),
-            created: 0,
-        },
+        meta,
         &[
             (SectionName::Usr, &files[0], String::new()),
             (SectionName::Kernel, &files[1], String::new()),
             (SectionName::Initramfs, &files[2], String::new()),
         ],
         k,
-        &|raw: &std::path::Path, out: &std::path::Path| {
-            kiln_formats::xz_compress(raw, out, 1, 0, None)
-        },
+        compress,
     )
     .unwrap();
     out
