@@ -11,6 +11,15 @@ use kiln_tests::*;
 
 const ROUNDS: usize = 4;
 
+/// The tests of this file one at a time: each races two kiln builds of its own and then
+/// checks that no scratch is left in the shared test cache, which another test's builds
+/// would be using meanwhile.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -65,6 +74,7 @@ fn warm_build(cache: &Path, out: &Path) -> Duration {
 
 #[test]
 fn two_builds_on_one_cache_wait_for_each_other() {
+    let _serial = one_at_a_time();
     minimal_out();
     let dir = test_dir().join("concurrent-cache");
     let _ = std::fs::remove_dir_all(&dir);
@@ -113,6 +123,7 @@ fn two_builds_on_one_cache_wait_for_each_other() {
 
 #[test]
 fn two_builds_on_one_output_with_different_caches_wait_for_each_other() {
+    let _serial = one_at_a_time();
     minimal_out();
     let dir = test_dir().join("concurrent-output");
     let _ = std::fs::remove_dir_all(&dir);
@@ -167,6 +178,7 @@ fn two_builds_on_one_output_with_different_caches_wait_for_each_other() {
 /// left.
 #[test]
 fn two_release_builds_of_one_version_make_one_release() {
+    let _serial = one_at_a_time();
     minimal_out();
     let dir = test_dir().join("concurrent-release");
     let _ = std::fs::remove_dir_all(&dir);

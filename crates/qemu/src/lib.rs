@@ -240,7 +240,8 @@ impl Vm {
         }
         c.args([
             "-netdev",
-            "user,id=n0",
+            // restrict=on: the guest reaches nothing beyond its own user network.
+            "user,id=n0,restrict=on",
             "-device",
             &format!("{},netdev=n0", self.nic),
         ]);
