@@ -124,6 +124,8 @@ fn filesystems_are_clean_and_hold_the_split() {
         "::/grub/grub.cfg",
         "::/kiln/vmlinuz-a",
         "::/kiln/initrd-a",
+        "::/kiln/vmlinuz-b",
+        "::/kiln/initrd-b",
         "::/kiln/slots.env",
     ] {
         assert!(

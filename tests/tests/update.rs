@@ -111,7 +111,11 @@ fn update_create_makes_the_builds_payload_byte_for_byte() {
     assert!(st.success());
     let esp = d.path().join("esp.img");
     extract_partition(img, 1, &esp);
-    for (from, to) in [("kiln/vmlinuz-a", "vmlinuz"), ("kiln/initrd-a", "initrd")] {
+    // The slot's files have a fixed size: the section's bytes, then zeros.
+    for (from, to, section) in [
+        ("kiln/vmlinuz-a", "vmlinuz", 1),
+        ("kiln/initrd-a", "initrd", 2),
+    ] {
         tool(
             "mcopy",
             &[
@@ -121,6 +125,15 @@ fn update_create_makes_the_builds_payload_byte_for_byte() {
                 d.path().join(to).to_str().unwrap(),
             ],
         );
+        let size = h["sections"][section]["size"].as_u64().unwrap() as usize;
+        let mut bytes = std::fs::read(d.path().join(to)).unwrap();
+        assert_eq!(bytes.len(), 16 << 20, "{from}: the layout's slot file size");
+        assert!(
+            bytes[size..].iter().all(|&b| b == 0),
+            "{from}: not zeros after {size} bytes"
+        );
+        bytes.truncate(size);
+        std::fs::write(d.path().join(to), bytes).unwrap();
     }
     let out = d.path().join("again.payload");
     let field = |k: &str| h[k].as_str().unwrap().to_string();

@@ -54,6 +54,11 @@ pub struct PartitionDef {
     pub tries: u8,
     #[serde(default)]
     pub successful: bool,
+    /// For the ESP: the fixed size of each slot's kernel file and initramfs file. The build
+    /// pads them with zeros to it (slot B's too, all zeros), and an update overwrites them in
+    /// place, so the FAT itself never changes after the build.
+    pub kernel_file_size: Option<Spanned<ByteSize>>,
+    pub initramfs_file_size: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +142,16 @@ pub struct Partition {
     pub priority: u8,
     pub tries: u8,
     pub successful: bool,
+    /// For the ESP: the fixed sizes of the slots' kernel and initramfs files, if the layout
+    /// sets them.
+    pub slot_files: Option<SlotFiles>,
+}
+
+/// The fixed sizes, in bytes, of each slot's kernel and initramfs file on the ESP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotFiles {
+    pub kernel: u64,
+    pub initramfs: u64,
 }
 
 impl Layout {
@@ -267,6 +282,47 @@ pub fn load(path: &Path, variant: &Spanned<String>, variant_src: &SourceFile) ->
                 "a partition cannot have size 0; leave the number out instead",
             ));
         }
+        let slot_files = match (&p.kernel_file_size, &p.initramfs_file_size) {
+            (None, None) => None,
+            (Some(k), Some(i)) => {
+                if p.content != Content::Esp {
+                    return Err(src.error_at(
+                        &k.span(),
+                        "kernel-file-size and initramfs-file-size belong on the partition with content = \"esp\"",
+                    ));
+                }
+                for x in [k, i] {
+                    if x.get_ref().0 == 0 || !x.get_ref().0.is_multiple_of(512) {
+                        return Err(src.error_at(
+                            &x.span(),
+                            "a slot file size is a non-zero multiple of 512 bytes (e.g. \"16MiB\")",
+                        ));
+                    }
+                }
+                let (k, i) = (k.get_ref().0, i.get_ref().0);
+                // Both slots' files, and room for GRUB, its config and the state.
+                if 2 * (k + i) + (4 << 20) > size.0 {
+                    return Err(src.error_at(
+                        &p.label.span(),
+                        format!(
+                            "two slots' kernel and initramfs files ({} MiB) and 4 MiB for the rest do not fit the {} MiB of `{label}`: make the files or the partition fit",
+                            (2 * (k + i)) >> 20,
+                            size.0 >> 20
+                        ),
+                    ));
+                }
+                Some(SlotFiles {
+                    kernel: k,
+                    initramfs: i,
+                })
+            }
+            (Some(x), None) | (None, Some(x)) => {
+                return Err(src.error_at(
+                    &x.span(),
+                    "set both kernel-file-size and initramfs-file-size, or neither",
+                ));
+            }
+        };
         parts.push(Partition {
             number: n,
             label: label.clone(),
@@ -280,6 +336,7 @@ pub fn load(path: &Path, variant: &Spanned<String>, variant_src: &SourceFile) ->
             priority: p.priority,
             tries: p.tries,
             successful: p.successful,
+            slot_files,
         });
     }
     // Every variant, not only the one chosen: a typo in another is found before it is used.

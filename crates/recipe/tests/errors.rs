@@ -455,6 +455,16 @@ fn layouts_are_checked() {
             "type = \"coreos-user\"",
             &["unknown partition type `coreos-user`", "coreos-usr"],
         ),
+        (
+            "initramfs-file-size = \"16MiB\"",
+            "initramfs-file-size = 1000",
+            &["a slot file size is a non-zero multiple of 512 bytes"],
+        ),
+        (
+            "content = \"oem\"",
+            "content = \"oem\"\ninitramfs-file-size = \"1MiB\"\nkernel-file-size = \"1MiB\" # not the ESP",
+            &["belong on the partition with content = \"esp\""],
+        ),
     ];
     for (from, to, want) in cases {
         let t = Tree::new();
@@ -484,9 +494,19 @@ fn layouts_are_checked() {
             &["slot b content = \"empty\""],
         ),
         (
-            "content = \"esp\"",
+            "content = \"esp\"\nkernel-file-size = \"16MiB\"\ninitramfs-file-size = \"16MiB\"",
             "content = \"empty\"",
             &["needs an esp partition"],
+        ),
+        (
+            "initramfs-file-size = \"16MiB\"",
+            "# no initramfs-file-size",
+            &["set both kernel-file-size and initramfs-file-size, or neither"],
+        ),
+        (
+            "kernel-file-size = \"16MiB\"",
+            "kernel-file-size = \"60MiB\"",
+            &["(152 MiB) and 4 MiB for the rest do not fit the 128 MiB of `EFI-SYSTEM`"],
         ),
         (
             "content = \"bios-boot\"",

@@ -295,6 +295,45 @@ impl Disk {
     }
 }
 
+/// Overwrites `path` on the ESP in place with `data`, padded with zeros to the file's size,
+/// if the file is there and large enough (and, for a kernel, GRUB may load it padded): only
+/// the file's own data sectors are written, never a FAT sector or a directory entry. Returns
+/// whether it did.
+fn install_in_place(disk: &Disk, path: &str, data: &[u8], is_kernel: bool) -> Result<bool> {
+    let Some(found) = crate::fat::locate(disk.dev.as_ref(), disk.esp.offset, disk.esp.len, path)
+        .with_context(|| format!("{}: cannot read the ESP's directory", disk.what))?
+    else {
+        return Ok(false);
+    };
+    if data.len() as u64 > found.len
+        || (is_kernel && crate::system::kernel_padding_problem(data, found.len).is_some())
+    {
+        return Ok(false);
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = 0usize;
+    for &(offset, len) in &found.extents {
+        let mut at = 0u64;
+        while at < len {
+            let left = (len - at) as usize;
+            let chunk = if pos < data.len() {
+                &data[pos..pos + left.min(data.len() - pos)]
+            } else {
+                &zeros[..left.min(zeros.len())]
+            };
+            disk.dev
+                .write_all_at(chunk, offset + at)
+                .with_context(|| format!("cannot write /{path} on the ESP of {}", disk.what))?;
+            at += chunk.len() as u64;
+            pos += chunk.len();
+        }
+    }
+    disk.dev
+        .sync()
+        .with_context(|| format!("cannot write /{path} on the ESP of {}", disk.what))?;
+    Ok(true)
+}
+
 /// What [`Disk::mark_good_with`] did.
 #[derive(Debug, Clone)]
 pub struct MarkedGood {
@@ -589,10 +628,28 @@ pub fn apply<R: Read + Seek>(
             "freed {lost} clusters of the ESP that an interrupted install left behind"
         ));
     }
-    let esp = disk.open_esp()?;
-    esp.replace(&state::kernel_path(target), &kernel)?;
-    esp.replace(&state::initrd_path(target), &initrd)?;
-    esp.close()?;
+    // Into the slot's files of fixed size where they are large enough: no FAT sector or
+    // directory entry changes. Otherwise (an image whose layout has no fixed slot files, or a
+    // kernel larger than its file) the file is replaced through the FAT.
+    let mut replace = Vec::new();
+    for (path, data, is_kernel) in [
+        (state::kernel_path(target), &kernel, true),
+        (state::initrd_path(target), &initrd, false),
+    ] {
+        if !install_in_place(disk, &path, data, is_kernel)? {
+            replace.push((path, data));
+        }
+    }
+    if !replace.is_empty() {
+        let esp = disk.open_esp()?;
+        for (path, data) in &replace {
+            progress(&format!(
+                "/{path} has no fixed-size file on the ESP large enough: replacing it through the FAT"
+            ));
+            esp.replace(path, data)?;
+        }
+        esp.close()?;
+    }
     disk.sync()?;
 
     // 5. The commit: one write of the state, read again first.

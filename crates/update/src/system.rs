@@ -61,6 +61,32 @@ pub fn kernel_arch(head: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// Why GRUB must not load `kernel` padded with zeros to `file_len` bytes, if it must not.
+/// GRUB's x86 loaders copy the whole file after the setup sectors into a buffer of the
+/// kernel's `init_size` (boot protocol 2.10 and later), so that part, padding included, must
+/// not be larger. Other kernels ignore what follows their image.
+pub fn kernel_padding_problem(kernel: &[u8], file_len: u64) -> Option<String> {
+    let at = |o: usize, n: usize| kernel.get(o..o + n);
+    if at(0x202, 4) != Some(b"HdrS") || at(0x1fe, 2) != Some(&[0x55, 0xaa]) {
+        return None;
+    }
+    let version = u16::from_le_bytes(at(0x206, 2)?.try_into().ok()?);
+    if version < 0x20a {
+        return None;
+    }
+    let setup = match kernel.get(0x1f1).copied()? {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let init_size = u64::from(u32::from_le_bytes(at(0x260, 4)?.try_into().ok()?));
+    let loaded = file_len.saturating_sub((setup + 1) * 512);
+    (loaded > init_size).then(|| {
+        format!(
+            "padded to {file_len} bytes, the kernel's {loaded} bytes after its setup would overflow the {init_size} bytes (init_size) GRUB loads them into"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +111,25 @@ mod tests {
             Some("kiln")
         );
         assert_eq!(os_release_field("ID_LIKE=debian\n", "ID"), None);
+    }
+
+    /// Debian 6.1's bzImage header: 39 setup sectors, protocol 2.15, init_size 66,678,784.
+    #[test]
+    fn padding_fits_within_init_size() {
+        let mut bz = vec![0u8; 4096];
+        bz[0x1f1] = 39;
+        bz[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        bz[0x260..0x264].copy_from_slice(&66_678_784u32.to_le_bytes());
+        assert_eq!(kernel_padding_problem(&bz, 16 << 20), None);
+        let edge = 66_678_784 + 40 * 512;
+        assert_eq!(kernel_padding_problem(&bz, edge), None);
+        let p = kernel_padding_problem(&bz, edge + 1).unwrap();
+        assert!(p.contains("66678784 bytes (init_size)"), "{p}");
+        // An older protocol, or not a bzImage at all: no such limit.
+        bz[0x206..0x208].copy_from_slice(&0x209u16.to_le_bytes());
+        assert_eq!(kernel_padding_problem(&bz, 1 << 40), None);
+        assert_eq!(kernel_padding_problem(b"ARM", 1 << 40), None);
     }
 }

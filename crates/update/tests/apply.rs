@@ -746,3 +746,133 @@ fn concurrent_apply_mark_good_and_set_next_equal_a_serial_order() {
     assert!(seen.keys().any(|o| o.starts_with("[ApplyToB")), "{seen:?}");
     assert!(seen.keys().any(|o| o.starts_with("[MarkGoodA")), "{seen:?}");
 }
+
+/// With fixed-size slot files on the ESP (what a build makes), the kernel and initramfs are
+/// written in place, padded with zeros: no byte of the ESP changes outside those two files'
+/// data and the state copy written, so no FAT sector or directory entry does, and fsck.vfat
+/// finds nothing. A file too small for its content is replaced through the FAT instead.
+#[test]
+fn apply_overwrites_fixed_size_slot_files_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_disk(dir.path());
+    let esp_at = {
+        let d = Disk::open(&img, false).unwrap();
+        (d.esp.offset, d.esp.len)
+    };
+    let i = format!("{}@@{}", img.display(), esp_at.0);
+    // Slot B's files as the build leaves them: all zeros, the kernel's 64 KiB, the
+    // initramfs's 5 bytes (too small for "initrd-v2").
+    for (name, len) in [("vmlinuz-b", 65536usize), ("initrd-b", 5)] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, vec![0u8; len]).unwrap();
+        let o = std::process::Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &i, f.to_str().unwrap(), &format!("::/kiln/{name}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let read_esp = || {
+        let b = std::fs::read(&img).unwrap();
+        b[esp_at.0 as usize..(esp_at.0 + esp_at.1) as usize].to_vec()
+    };
+    let before = read_esp();
+    let disk = Disk::open(&img, true).unwrap();
+    let dev = kiln_update::dev::FileDev::new(std::fs::File::open(&img).unwrap()).unwrap();
+    let kernel = kiln_update::fat::locate(&dev, esp_at.0, esp_at.1, "kiln/vmlinuz-b")
+        .unwrap()
+        .unwrap();
+    let p = make_payload(dir.path(), "good", "test-board", &[7u8; 4096], &key(7));
+    let mut lines = Vec::new();
+    apply(
+        &disk,
+        &mut std::fs::File::open(&p).unwrap(),
+        &[key(7).verifying_key()],
+        &running_a(),
+        &Options::default(),
+        &mut |m| lines.push(m.to_string()),
+    )
+    .unwrap();
+    drop(disk);
+    let esp = Disk::open(&img, false).unwrap().open_esp().unwrap();
+    let mut want = b"kernel-v2".to_vec();
+    want.resize(65536, 0);
+    assert_eq!(esp.read("kiln/vmlinuz-b").unwrap(), want);
+    assert_eq!(esp.read("kiln/initrd-b").unwrap(), b"initrd-v2");
+    esp.close().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/kiln/initrd-b has no fixed-size file")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("/kiln/vmlinuz-b has no")),
+        "{lines:?}"
+    );
+
+    // The kernel's install changed nothing but its data: compared with a second apply that
+    // only writes the kernel in place (the initramfs now fits its file), every differing
+    // byte of the ESP lies in the kernel's extents or a state copy.
+    let mid = read_esp();
+    assert_ne!(mid, before);
+    let disk = Disk::open(&img, true).unwrap();
+    let copies: Vec<u64> = disk
+        .store()
+        .unwrap()
+        .copies()
+        .iter()
+        .map(|c| c.offset)
+        .collect();
+    let p3 = make_payload_with(
+        dir.path(),
+        "again",
+        &kiln_update::payload::Meta {
+            board: "test-board".into(),
+            ..meta("2.0.1")
+        },
+        &[8u8; 4096],
+        &key(7),
+        &|raw, out| kiln_formats::xz_compress(raw, out, 1, 0, None),
+    );
+    let mut lines = Vec::new();
+    apply(
+        &disk,
+        &mut std::fs::File::open(&p3).unwrap(),
+        &[key(7).verifying_key()],
+        &running_a(),
+        &Options::default(),
+        &mut |m| lines.push(m.to_string()),
+    )
+    .unwrap();
+    drop(disk);
+    assert!(
+        !lines.iter().any(|l| l.contains("has no fixed-size file")),
+        "{lines:?}"
+    );
+    let after = read_esp();
+    let initrd = kiln_update::fat::locate(&dev, esp_at.0, esp_at.1, "kiln/initrd-b")
+        .unwrap()
+        .unwrap();
+    let inside =
+        |o: u64, f: &kiln_update::fat::Located| f.extents.iter().any(|&(s, l)| o >= s && o < s + l);
+    for (k, (x, y)) in mid.iter().zip(&after).enumerate() {
+        if x == y {
+            continue;
+        }
+        let o = esp_at.0 + k as u64;
+        assert!(
+            inside(o, &kernel)
+                || inside(o, &initrd)
+                || copies.iter().any(|&c| o >= c && o < c + 1024),
+            "byte {k} of the ESP changed outside the slot files and the state"
+        );
+    }
+    let esp_img = dir.path().join("esp-after.img");
+    std::fs::write(&esp_img, &after).unwrap();
+    let o = std::process::Command::new("fsck.vfat")
+        .args(["-n", esp_img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}

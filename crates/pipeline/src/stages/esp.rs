@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use kiln_boot::grub;
 use kiln_fs::vfat::Vfat;
 use kiln_recipe::{Firmware, Resolved, Slot};
@@ -78,6 +78,65 @@ impl<'a> Esp<'a> {
     }
 }
 
+impl Esp<'_> {
+    /// The slots' kernel and initramfs files: slot A's as they are, or, when the layout fixes
+    /// their sizes, padded with zeros to them, and slot B's of the same sizes, all zeros, for
+    /// updates to overwrite in place.
+    fn slot_files(&self, out: &Path) -> Result<Vec<(String, PathBuf)>> {
+        let (kernel, initrd) = (&self.kernel.vmlinuz, &self.initramfs.image);
+        let Some(sizes) = self.image.layout.esp().slot_files else {
+            return Ok(vec![
+                (format!("/{}", state::kernel_path(Slot::A)), kernel.clone()),
+                (format!("/{}", state::initrd_path(Slot::A)), initrd.clone()),
+            ]);
+        };
+        let head =
+            std::fs::read(kernel).with_context(|| format!("cannot read {}", kernel.display()))?;
+        if let Some(why) = kiln_update::system::kernel_padding_problem(&head, sizes.kernel) {
+            bail!(
+                "the kernel cannot have a slot file of {} bytes: {why}; lower kernel-file-size in the layout",
+                sizes.kernel
+            );
+        }
+        let mut files = Vec::new();
+        for (what, src, size, path) in [
+            (
+                "kernel",
+                kernel,
+                sizes.kernel,
+                state::kernel_path as fn(Slot) -> String,
+            ),
+            ("initramfs", initrd, sizes.initramfs, state::initrd_path),
+        ] {
+            let len = std::fs::metadata(src)
+                .with_context(|| format!("cannot read {}", src.display()))?
+                .len();
+            if len > size {
+                bail!(
+                    "the {what} is {len} bytes, more than the {size} bytes of a slot's {what} file: raise {what}-file-size on the ESP in the layout"
+                );
+            }
+            for slot in Slot::ALL {
+                let host = out.join(path(slot).replace('/', "_"));
+                if slot == Slot::A {
+                    std::fs::copy(src, &host)
+                        .with_context(|| format!("cannot copy {}", src.display()))?;
+                }
+                // The zeros as a hole: only the ESP image holds them.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&host)
+                    .and_then(|f| f.set_len(size))
+                    .with_context(|| format!("cannot write {}", host.display()))?;
+                files.push((format!("/{}", path(slot)), host));
+            }
+        }
+        Ok(files)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EspImage {
     pub image: PathBuf,
@@ -101,6 +160,13 @@ impl Stage for Esp<'_> {
             .add("grub.cfg", &self.grub_cfg)
             .add("identity", &self.image.identity)
             .add("size", self.image.layout.esp().size.0.to_string())
+            .add(
+                "slot files",
+                match self.image.layout.esp().slot_files {
+                    Some(f) => format!("{} {}", f.kernel, f.initramfs),
+                    None => "exact".to_string(),
+                },
+            )
             .add("tools", self.tools)
     }
 
@@ -114,16 +180,7 @@ impl Stage for Esp<'_> {
             // checks before writing the copy in place.
             files.push((format!("/{path}"), host));
         }
-        files.extend([
-            (
-                format!("/{}", state::kernel_path(Slot::A)),
-                self.kernel.vmlinuz.clone(),
-            ),
-            (
-                format!("/{}", state::initrd_path(Slot::A)),
-                self.initramfs.image.clone(),
-            ),
-        ]);
+        files.extend(self.slot_files(out)?);
         if let Some(bin) = self.efi_binary {
             let efi = self
                 .grub
