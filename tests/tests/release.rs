@@ -803,15 +803,25 @@ fn two_builds_from_separate_caches_are_bit_identical() {
     // 7 platforms' artifacts, sidecars, raw disks and DIGESTS (26), the board image and the
     // payload.
     assert_eq!(names.len(), 28, "{names:?}");
-    for n in &names {
-        let (a, b) = (first.join(n), second.join(n));
-        let o = std::process::Command::new("cmp")
-            .arg(&a)
-            .arg(&b)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{n} differs: {}", text(&o));
-    }
+    // Every file compared, and every difference named.
+    let differ: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            let o = std::process::Command::new("cmp")
+                .arg(first.join(n))
+                .arg(second.join(n))
+                .output()
+                .unwrap();
+            (!o.status.success()).then(|| format!("{n}: {}", text(&o).trim()))
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {} files differ:\n{}",
+        differ.len(),
+        names.len(),
+        differ.join("\n")
+    );
     drop(scratch);
 }
 
