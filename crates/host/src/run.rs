@@ -243,15 +243,7 @@ impl Cmd {
             c.stderr(s);
         }
         if self.kill_with_parent {
-            // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death
-            // signal.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                c.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut c);
         }
         c.spawn().with_context(|| format!("cannot start {shown}"))
     }
@@ -288,6 +280,7 @@ impl Cmd {
 
     fn output(&mut self, check: bool) -> Result<(Output, String)> {
         let (mut c, shown) = self.command()?;
+        die_with_parent(&mut c);
         let out = if self.discard_stdout {
             Stdio::null()
         } else {
@@ -330,6 +323,7 @@ impl Cmd {
 
     fn logged(&mut self, log: &Path) -> Result<()> {
         let (mut c, shown) = self.command()?;
+        die_with_parent(&mut c);
         let f = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let f2 = f
             .try_clone()
@@ -349,6 +343,7 @@ impl Cmd {
 
     fn lines(&mut self, log: &Path, mut on_event: impl FnMut(Event<'_>)) -> Result<()> {
         let (mut c, shown) = self.command()?;
+        die_with_parent(&mut c);
         let mut logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -451,6 +446,29 @@ impl std::fmt::Debug for Cmd {
             .field("env", &names)
             .field("what", &self.what)
             .finish()
+    }
+}
+
+/// The child gets SIGKILL when the thread that started it exits: with kiln killed (kill -9,
+/// the OOM killer), no tool of its goes on writing into the cache that the next build has
+/// locked. Only for children reaped by the thread that starts them (run, run_logged,
+/// run_lines), or handed over on purpose ([`Cmd::kill_with_parent`]).
+fn die_with_parent(c: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe; they only set this child's
+    // parent-death signal and read its parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // kiln died between the fork and the prctl: the signal will never come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -730,6 +748,77 @@ mod tests {
         // The log is appended to: the first run's lines are still there.
         assert!(err.contains("  CC a.o") && err.contains("broken"), "{err}");
         assert!(err.contains("(whole log: "), "{err}");
+    }
+
+    /// A tool that `run` waits for dies with kiln: this test's binary, run again as the
+    /// "kiln" (KILN_TEST_PARENT), starts `sleep 600` through Cmd::run and is killed with
+    /// SIGKILL; the sleep is gone moments later instead of sleeping on.
+    #[test]
+    fn tools_die_with_a_killed_kiln() {
+        if std::env::var_os("KILN_TEST_PARENT").is_some() {
+            const SLEEP: Tool = Tool {
+                name: "sleep",
+                package: "coreutils",
+            };
+            let _ = Cmd::new(SLEEP).arg("600").run();
+            return;
+        }
+        let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "run::tests::tools_die_with_a_killed_kiln",
+                "--nocapture",
+            ])
+            .env("KILN_TEST_PARENT", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The sleep: a process whose parent is the "kiln" and whose command is sleep.
+        let is_sleep_of = |pid: &str, ppid: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+            stat.contains("(sleep)") && after.split(' ').nth(1) == Some(ppid.to_string().as_str())
+        };
+        let find = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .find(|p| is_sleep_of(p, parent.id()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let sleep = loop {
+            if let Some(p) = find() {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test parent started no sleep"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        // Gone, or a zombie waiting for a reaper that is not ours to be.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{sleep}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .map(|x| x.1)
+                .unwrap_or("")
+                .chars()
+                .next();
+            if !stat.contains("(sleep)") || state == Some('Z') {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sleep {sleep} outlived its killed parent: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]
