@@ -52,6 +52,8 @@ openstack/latest/meta_data.json and openstack/latest/user_data.
 Environment:
   KILN_QEMU_ACCEL  kvm or tcg (default: kvm if /dev/kvm is writable, else tcg)
   KILN_QEMU_ARGS   more QEMU arguments, split at spaces
+  KILN_QEMU_NET    more options for the user network, comma-separated (restrict=on
+                   keeps the guest off every network; the ssh forward still works)
   KILN_QEMU        the QEMU binary (default: qemu-system-x86_64)
 Arguments after -- are passed to QEMU as they are.
 EOF
@@ -189,7 +191,7 @@ set -- \
 	-m "$MEMORY" \
 	-nographic \
 	-drive "if=virtio,file=$(drive_path "$IMAGE"),format=qcow2" \
-	-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$SSH_PORT-:22" \
+	-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$SSH_PORT-:22${KILN_QEMU_NET:+,$KILN_QEMU_NET}" \
 	-device virtio-net-pci,netdev=net0 \
 	"$@"
 
@@ -202,7 +204,8 @@ set -- \
 /// 127.0.0.1:`ssh_port` to the guest's port 22, `-nographic`. Options: `-a FILE` ssh keys
 /// and `-u FILE` user data (on a `config-2` FAT config drive made with mkfs.vfat and mcopy
 /// in a temporary directory removed on exit), `-p PORT`, `-s` snapshot, `-h` help;
-/// `KILN_QEMU_ACCEL` (default kvm when /dev/kvm is writable, else tcg) and `KILN_QEMU_ARGS`;
+/// `KILN_QEMU_ACCEL` (default kvm when /dev/kvm is writable, else tcg), `KILN_QEMU_ARGS` and
+/// `KILN_QEMU_NET` (more user-network options, such as the tests' `restrict=on`);
 /// arguments after `--` go to QEMU. With `firmware_efi` the OVMF code is read-only and the
 /// variable store a private copy.
 pub fn qemu_launch_script(info: &LaunchScriptInfo) -> String {
@@ -337,6 +340,7 @@ mod tests {
             .env("KILN_QEMU", &fake)
             .env("KILN_QEMU_ACCEL", "tcg")
             .env("KILN_QEMU_ARGS", "-smp 2")
+            .env("KILN_QEMU_NET", "restrict=on")
             .env("TMPDIR", &tmp)
             .env("OUT", &out)
             .output()
@@ -360,7 +364,7 @@ mod tests {
             "-nographic",
             "-snapshot",
             &format!("if=virtio,file={image},format=qcow2"),
-            "user,id=net0,hostfwd=tcp:127.0.0.1:2200-:22",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:2200-:22,restrict=on",
             "virtio-net-pci,netdev=net0",
             &format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}/OVMF,,CODE.fd",
