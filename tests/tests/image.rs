@@ -127,6 +127,7 @@ fn filesystems_are_clean_and_hold_the_split() {
         "::/kiln/vmlinuz-b",
         "::/kiln/initrd-b",
         "::/kiln/slots.env",
+        "::/kiln/slots-b.env",
     ] {
         assert!(
             dir.lines().any(|l| l.eq_ignore_ascii_case(want)),

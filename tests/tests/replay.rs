@@ -851,15 +851,21 @@ fn power_cut_replay_of_apply_mark_good_and_set_next() {
             arch: disk.kernel_arch(slot).unwrap().to_string(),
             version: st.get(slot).version.clone(),
         };
+        let mut lines = Vec::new();
         apply::apply(
             disk,
             &mut File::open(v2).unwrap(),
             &trusted,
             &running,
             &apply::Options::default(),
-            &mut |_| {},
+            &mut |m| lines.push(m.to_string()),
         )
         .unwrap();
+        // The replay is of the in-place path: nothing went through the FAT.
+        assert!(
+            !lines.iter().any(|l| l.contains("through the FAT")),
+            "{lines:#?}"
+        );
     };
     let mark_good = |disk: &Disk, s: Slot| {
         disk.mark_good(s).unwrap();
@@ -905,6 +911,12 @@ fn power_cut_replay_of_apply_mark_good_and_set_next() {
         true
     };
     let n = replay(&mut c, &steps, &mut report, &mut boots, &mut want);
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["committed", "esp mid-install"],
+        "the crash images to boot were not all found"
+    );
     report.push_str(&counts_line("apply/mark-good/set-next", &n, &c));
     for (finding, count) in &c.fsck_failures {
         report.push_str(&format!(
@@ -970,6 +982,11 @@ fn power_cut_replay_of_grow_root() {
     // header); the primary's array written but not its header (4).
     let mut want = |cut: &Cut, _: &EspVerdict| matches!(cut.prefix, Some(2) | Some(4));
     let n = replay(&mut c, &steps, &mut report, &mut boots, &mut want);
+    assert_eq!(
+        boots.len(),
+        2,
+        "the crash images to boot were not all found"
+    );
     report.push_str(&counts_line("grow-root", &n, &c));
     findings(&c, &mut report);
     let failures = std::mem::take(&mut c.failures);

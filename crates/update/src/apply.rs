@@ -276,14 +276,18 @@ impl Disk {
     /// `set-next`: refuses a slot with nothing installed, which GRUB could not boot.
     pub fn set_next(&self, s: Slot, tries: u8) -> Result<SlotState> {
         check_tries(tries)?;
+        // Something in the kernel file, not merely a file: a build makes both slots' files,
+        // B's all zeros until its first update.
         let esp = self.open_esp()?;
-        let has_boot = esp.exists(&state::kernel_path(s)) && esp.exists(&state::initrd_path(s));
+        let head = esp.read_at_most(&state::kernel_path(s), 4096);
+        let has_boot =
+            head.is_ok_and(|h| h.iter().any(|&b| b != 0)) && esp.exists(&state::initrd_path(s));
         esp.close()?;
         let (st, ()) = self.update_state(|st| {
             let version = st.get(s).version.clone();
             if !has_boot || version.is_empty() {
                 bail!(
-                    "{}: USR-{s} holds no installed system (no version in the slot state, or no /{} on the ESP); apply an update payload to it first",
+                    "{}: USR-{s} holds no installed system (no version in the slot state, or no kernel in /{} on the ESP); apply an update payload to it first",
                     self.what,
                     state::kernel_path(s)
                 );
@@ -295,20 +299,41 @@ impl Disk {
     }
 }
 
+/// The size of a slot's file on the ESP, if it is there.
+fn slot_file_len(disk: &Disk, path: &str) -> Result<Option<u64>> {
+    Ok(
+        crate::fat::locate(disk.dev.as_ref(), disk.esp.offset, disk.esp.len, path)
+            .with_context(|| format!("{}: cannot read the ESP's directory", disk.what))?
+            .map(|f| f.len),
+    )
+}
+
 /// Overwrites `path` on the ESP in place with `data`, padded with zeros to the file's size,
 /// if the file is there and large enough (and, for a kernel, GRUB may load it padded): only
 /// the file's own data sectors are written, never a FAT sector or a directory entry. Returns
-/// whether it did.
-fn install_in_place(disk: &Disk, path: &str, data: &[u8], is_kernel: bool) -> Result<bool> {
+/// why it did not, if it did not.
+fn install_in_place(
+    disk: &Disk,
+    path: &str,
+    data: &[u8],
+    is_kernel: bool,
+) -> Result<std::result::Result<(), String>> {
     let Some(found) = crate::fat::locate(disk.dev.as_ref(), disk.esp.offset, disk.esp.len, path)
         .with_context(|| format!("{}: cannot read the ESP's directory", disk.what))?
     else {
-        return Ok(false);
+        return Ok(Err("no such file on the ESP".into()));
     };
-    if data.len() as u64 > found.len
-        || (is_kernel && crate::system::kernel_padding_problem(data, found.len).is_some())
-    {
-        return Ok(false);
+    if data.len() as u64 > found.len {
+        return Ok(Err(format!(
+            "its {} bytes do not fit the {} of its fixed-size file",
+            data.len(),
+            found.len
+        )));
+    }
+    if is_kernel {
+        if let Some(why) = crate::system::kernel_padding_problem(data, found.len) {
+            return Ok(Err(why));
+        }
     }
     let zeros = vec![0u8; 1 << 20];
     let mut pos = 0usize;
@@ -331,7 +356,7 @@ fn install_in_place(disk: &Disk, path: &str, data: &[u8], is_kernel: bool) -> Re
     disk.dev
         .sync()
         .with_context(|| format!("cannot write /{path} on the ESP of {}", disk.what))?;
-    Ok(true)
+    Ok(Ok(()))
 }
 
 /// What [`Disk::mark_good_with`] did.
@@ -532,15 +557,28 @@ pub fn apply<R: Read + Seek>(
             slot.len
         );
     }
-    let boot_bytes = size_of(SectionName::Kernel).saturating_add(size_of(SectionName::Initramfs));
-    {
+    // Room on the ESP for the files that will not fit their fixed-size file (written in place,
+    // the others need none).
+    let mut through_fat: Vec<(String, u64)> = Vec::new();
+    for (path, size) in [
+        (state::kernel_path(target), size_of(SectionName::Kernel)),
+        (state::initrd_path(target), size_of(SectionName::Initramfs)),
+    ] {
+        if slot_file_len(disk, &path)?.is_none_or(|len| len < size) {
+            through_fat.push((path, size));
+        }
+    }
+    if !through_fat.is_empty() {
+        let boot_bytes: u64 = through_fat.iter().map(|(_, s)| s).sum();
+        let names: Vec<&str> = through_fat.iter().map(|(p, _)| p.as_str()).collect();
         let esp = disk.open_esp()?;
-        let room = esp.room_for(&[&state::kernel_path(target), &state::initrd_path(target)])?;
+        let room = esp.room_for(&names)?;
         esp.close()?;
         // Each file also needs up to a cluster of slack; 1 MiB covers any FAT cluster size.
         if boot_bytes.saturating_add(1 << 20) > room {
             bail!(
-                "the payload's kernel and initramfs need {boot_bytes} bytes but the ESP has {room} free for USR-{target}: refused"
+                "the payload's {} need {boot_bytes} bytes but the ESP has {room} free for USR-{target}: refused",
+                names.join(" and ")
             );
         }
     }
@@ -636,16 +674,14 @@ pub fn apply<R: Read + Seek>(
         (state::kernel_path(target), &kernel, true),
         (state::initrd_path(target), &initrd, false),
     ] {
-        if !install_in_place(disk, &path, data, is_kernel)? {
-            replace.push((path, data));
+        if let Err(why) = install_in_place(disk, &path, data, is_kernel)? {
+            replace.push((path, data, why));
         }
     }
     if !replace.is_empty() {
         let esp = disk.open_esp()?;
-        for (path, data) in &replace {
-            progress(&format!(
-                "/{path} has no fixed-size file on the ESP large enough: replacing it through the FAT"
-            ));
+        for (path, data, why) in &replace {
+            progress(&format!("/{path}: {why}: replacing it through the FAT"));
             esp.replace(path, data)?;
         }
         esp.close()?;

@@ -803,11 +803,11 @@ fn apply_overwrites_fixed_size_slot_files_in_place() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("/kiln/initrd-b has no fixed-size file")),
+            .any(|l| l.contains("/kiln/initrd-b: its 9 bytes do not fit the 5 of its fixed-size file: replacing it through the FAT")),
         "{lines:?}"
     );
     assert!(
-        !lines.iter().any(|l| l.contains("/kiln/vmlinuz-b has no")),
+        !lines.iter().any(|l| l.contains("/kiln/vmlinuz-b:")),
         "{lines:?}"
     );
 
@@ -847,7 +847,7 @@ fn apply_overwrites_fixed_size_slot_files_in_place() {
     .unwrap();
     drop(disk);
     assert!(
-        !lines.iter().any(|l| l.contains("has no fixed-size file")),
+        !lines.iter().any(|l| l.contains("through the FAT")),
         "{lines:?}"
     );
     let after = read_esp();
@@ -875,4 +875,36 @@ fn apply_overwrites_fixed_size_slot_files_in_place() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// set-next refuses a slot whose kernel file is all zeros (what a build leaves in slot B's
+/// fixed-size file), even if the state names a version for it.
+#[test]
+fn set_next_refuses_a_slot_whose_kernel_file_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_disk(dir.path());
+    let esp_at = Disk::open(&img, false).unwrap().esp.offset;
+    let i = format!("{}@@{}", img.display(), esp_at);
+    for name in ["vmlinuz-b", "initrd-b"] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, vec![0u8; 8192]).unwrap();
+        let o = std::process::Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &i, f.to_str().unwrap(), &format!("::/kiln/{name}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let disk = Disk::open(&img, true).unwrap();
+    let mut st = disk.state().unwrap();
+    st.b.version = "2.0.0".into();
+    disk.write_state(&st).unwrap();
+    let e = format!("{:#}", disk.set_next(Slot::B, 1).unwrap_err());
+    assert!(
+        e.contains("USR-B holds no installed system") && e.contains("no kernel in /kiln/vmlinuz-b"),
+        "{e}"
+    );
+    assert_eq!(disk.state().unwrap(), st, "nothing written");
+    // A has its kernel: set-next A is fine.
+    disk.set_next(Slot::A, 1).unwrap();
 }
