@@ -204,3 +204,98 @@ fn a_foreign_root_with_its_own_init_is_never_used() {
     );
     std::fs::remove_file(img).unwrap();
 }
+
+/// An image whose grub.cfg passes no `kiln.disk=`, as one built before it runs after an
+/// update to this initramfs (an update never rewrites grub.cfg).
+fn without_boot_disk_arg(src: &Path, name: &str) -> std::path::PathBuf {
+    let img = copy_image(src, name);
+    let esp_at = {
+        let mut f = std::fs::File::open(&img).unwrap();
+        let len = f.metadata().unwrap().len();
+        kiln_disk::Gpt::read(&mut f, len)
+            .unwrap()
+            .gpt
+            .partition(1)
+            .unwrap()
+            .first_lba
+            * 512
+    };
+    let i = format!("{}@@{esp_at}", img.display());
+    let cfg = img.with_extension("grub.cfg");
+    tool(
+        "mcopy",
+        &["-n", "-i", &i, "::/grub/grub.cfg", cfg.to_str().unwrap()],
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let old = text.replace(" kiln.disk=PARTUUID=$kiln_disk", "");
+    assert_ne!(old, text, "grub.cfg passes no kiln.disk=:\n{text}");
+    std::fs::write(&cfg, old).unwrap();
+    tool(
+        "mcopy",
+        &["-o", "-i", &i, cfg.to_str().unwrap(), "::/grub/grub.cfg"],
+    );
+    std::fs::remove_file(&cfg).unwrap();
+    img
+}
+
+/// (d) Without `kiln.disk=` there is no boot disk to hold to: a name on two disks is refused
+/// (another kiln image has the same USR GUIDs, labels and partition names), and alone the
+/// image boots, warning that its grub.cfg is older than its initramfs.
+#[test]
+fn without_kiln_disk_a_name_on_two_disks_is_refused() {
+    update_payloads();
+    let other_src = test_dir().join("updates/v2_image.bin");
+    let img = without_boot_disk_arg(minimal_image(), "bootdisk-legacy.raw");
+    let other = copy_image(&other_src, "bootdisk-legacy-other.raw");
+    let before = file_hash(&other);
+    let (ok, console) = run_until_ready(
+        &img,
+        &[
+            "--firmware",
+            "uefi",
+            "--attach-rw",
+            other.to_str().unwrap(),
+            "--attach-disk",
+            "ide-hd",
+        ],
+    );
+    assert!(!ok, "booted with a second kiln disk and no kiln.disk=");
+    assert!(
+        console
+            .iter()
+            .any(|l| l.contains("warning: no kiln.disk= on the kernel command line")),
+        "no warning about the missing kiln.disk="
+    );
+    let err = console
+        .iter()
+        .find(|l| l.starts_with("kiln-initramfs: error:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no initramfs error; last console lines:\n{}",
+                console[console.len().saturating_sub(40)..].join("\n")
+            )
+        });
+    assert!(
+        err.contains("2 partitions match")
+            && err.contains("/dev/sda")
+            && err.contains("/dev/vda")
+            && err.contains("no kiln.disk="),
+        "{err}"
+    );
+    assert_eq!(
+        file_hash(&other),
+        before,
+        "the boot wrote to the other disk"
+    );
+    // Alone, it boots its own system.
+    let (ok, console) = run_until_ready(&img, &["--firmware", "bios"]);
+    let line = ready_line(&console);
+    assert!(ok, "{line}");
+    assert_eq!(field(line, "usr-dev"), "/dev/vda3", "{line}");
+    assert!(console
+        .iter()
+        .any(|l| l.contains("warning: no kiln.disk= on the kernel command line")));
+    for p in [img, other] {
+        std::fs::remove_file(p).unwrap();
+    }
+}

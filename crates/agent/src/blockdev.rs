@@ -222,9 +222,11 @@ pub fn find_on(disk: &Path, spec: &str) -> Result<PathBuf> {
     }
 }
 
-/// Resolves PARTUUID=, PARTLABEL=, LABEL= (ext4) or a /dev path to a /dev path on any disk:
-/// the first match in name order. Only for command lines from before `kiln.disk=` (an older
-/// grub.cfg booting a newer initramfs).
+/// Resolves PARTUUID=, PARTLABEL=, LABEL= (ext4) or a /dev path to a /dev path on any disk.
+/// Only for command lines from before `kiln.disk=` (an older grub.cfg booting a newer
+/// initramfs): with no boot disk to hold to, a name on more than one partition of all the
+/// disks is [`Ambiguous`] (every kiln image has the same USR GUIDs and labels, so a second
+/// kiln disk or stick would otherwise supply them).
 pub fn find(spec: &str) -> Result<PathBuf> {
     let s = parse_spec(spec)?;
     if let Spec::Dev(d) = &s {
@@ -234,12 +236,19 @@ pub fn find(spec: &str) -> Result<PathBuf> {
             bail!("{spec} does not exist")
         };
     }
+    let mut found = Vec::new();
     for d in disks()? {
-        if let Some(p) = matches_on(&d, &s).into_iter().next() {
-            return Ok(p);
-        }
+        found.extend(matches_on(&d, &s));
     }
-    bail!("no partition with {spec}")
+    match found.len() {
+        0 => bail!("no partition with {spec}"),
+        1 => Ok(found.remove(0)),
+        n => Err(Ambiguous(format!(
+            "{n} partitions match {spec} ({}), and the kernel command line has no kiln.disk= to tell the boot disk (a grub.cfg older than this initramfs); refusing to pick one: detach the other disks",
+            list(&found)
+        ))
+        .into()),
+    }
 }
 
 /// The value of `kiln.disk=` on the kernel command line, if there is one.

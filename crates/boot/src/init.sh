@@ -72,7 +72,7 @@ if [ -n "$have_disk" ]; then
     bootdisk=$(wait_for boot-disk "$disk") || fail "$(why)"
     find_part() { wait_for find "$1" --disk "$bootdisk"; }
 else
-    echo "kiln-initramfs: warning: no kiln.disk= on the kernel command line (a grub.cfg older than this initramfs): each partition is taken from the first disk that has it"
+    echo "kiln-initramfs: warning: no kiln.disk= on the kernel command line (a grub.cfg older than this initramfs): each partition is taken from any disk, and a name on two is refused"
     find_part() { wait_for find "$1"; }
 fi
 rootdev=$(find_part "$root") || fail "root device $root: $(why)"
@@ -97,11 +97,16 @@ mount -t "$usrfstype" -o "$usrflags" "$usrdev" /sysroot/usr || fail "cannot moun
 if [ -n "$oemdev" ]; then
     mount -t ext4 -o ro,nodev,nosuid "$oemdev" /sysroot/usr/share/oem || fail "cannot mount OEM $oemdev"
 fi
-# A copy of the boot disk that appeared while the partitions were mounted is caught here.
+# A copy of the boot disk that appeared while the partitions were mounted is caught here,
+# and so is a boot disk other than the one the partitions came from.
 if [ -n "$bootdisk" ]; then
-    kiln-agent boot-disk "$disk" >/dev/null 2>"$err" || fail "$(why)"
+    now=$(kiln-agent boot-disk "$disk" 2>"$err") || fail "$(why)"
+    [ "$now" = "$bootdisk" ] || fail "the boot disk ($disk) is $now now, not $bootdisk"
     echo "kiln-initramfs: / is $rootdev, /usr is $usrdev ($usr), all on $bootdisk ($disk)"
 else
+    for spec in "$root" "$usr"; do
+        kiln-agent find "$spec" >/dev/null 2>"$err" || fail "$(why)"
+    done
     echo "kiln-initramfs: / is $rootdev, /usr is $usrdev ($usr)"
 fi
 
