@@ -129,16 +129,17 @@ impl Store {
         &self.copies
     }
 
-    /// Reads every copy. An I/O error is an error; a damaged copy is reported in [`Read`].
+    /// Reads every copy. A copy that cannot be read (an I/O error: a bad sector) or is damaged
+    /// is reported in [`Read`] as not valid: the other one is still the state, as for GRUB.
     pub fn read(&self) -> Result<Read> {
         let mut copies = Vec::new();
         let mut current: Option<(usize, u32)> = None;
         for (i, c) in self.copies.iter().enumerate() {
             let mut b = vec![0u8; ENV_SIZE];
-            self.dev
-                .read_exact_at(&mut b, c.offset)
-                .with_context(|| format!("{}: cannot read /{}", self.what, c.path))?;
-            let parsed = SlotState::from_env(&b).map_err(|e| format!("{e:#}"));
+            let parsed = match self.dev.read_exact_at(&mut b, c.offset) {
+                Ok(()) => SlotState::from_env(&b).map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("cannot be read: {e}")),
+            };
             // With two copies, only a block with a generation counts: GRUB's script needs it.
             let parsed = match parsed {
                 Ok(p) if p.generation.is_none() && self.copies.len() > 1 => {

@@ -303,3 +303,81 @@ fn a_copy_of_another_size_is_refused() {
     let e = format!("{:#}", d.state().unwrap_err());
     assert!(e.contains("2000 bytes, not 1024"), "{e}");
 }
+
+/// A disk whose reads of one byte range fail with EIO (a bad sector under a copy).
+struct BadSectors {
+    inner: FileDev,
+    bad: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+impl kiln_update::dev::BlockDev for BadSectors {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if let Some((s, l)) = *self.bad.lock().unwrap() {
+            if offset < s + l && s < offset + buf.len() as u64 {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+        }
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+/// A copy that cannot be read is one that is not valid: the other is the state (as GRUB
+/// boots from it), mark-good works and rewrites the unreadable one, and only with both
+/// unreadable is there no state.
+#[test]
+fn an_unreadable_copy_is_outvoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_disk(dir.path());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let dev = Arc::new(BadSectors {
+        inner: FileDev::new(f).unwrap(),
+        bad: std::sync::Mutex::new(None),
+    });
+    let disk = Disk::from_dev(dev.clone(), "test disk").unwrap();
+    let copies: Vec<u64> = disk
+        .store()
+        .unwrap()
+        .copies()
+        .iter()
+        .map(|c| c.offset)
+        .collect();
+    let good = disk.state().unwrap();
+    // The current copy (generation 1, the first) unreadable.
+    *dev.bad.lock().unwrap() = Some((copies[0], ENV_SIZE as u64));
+    let r = disk.read_store().unwrap();
+    assert_eq!(r.current_path(), Some(ENV_PATHS[1]));
+    assert!(r.problems().contains("cannot be read"), "{}", r.problems());
+    assert_eq!(r.state().map(|s| s.a.clone()), Some(good.a.clone()));
+    let (st, _) = disk.mark_good(Slot::A).unwrap();
+    assert_eq!(st.a, good.a);
+    // The write went to the unreadable copy (there, the sector is rewritten): readable
+    // again, it is the newest.
+    *dev.bad.lock().unwrap() = None;
+    let r = disk.read_store().unwrap();
+    assert!(r.all_valid(), "{}", r.problems());
+    assert_eq!(r.current_path(), Some(ENV_PATHS[0]));
+    assert_eq!(r.generation(), Some(1), "one past the readable copy's 0");
+    // Both unreadable: no state, and the error names why.
+    *dev.bad.lock().unwrap() = Some((
+        copies[0].min(copies[1]),
+        copies[0].abs_diff(copies[1]) + ENV_SIZE as u64,
+    ));
+    let e = format!("{:#}", disk.state().unwrap_err());
+    assert!(
+        e.contains("no valid copy") && e.contains("cannot be read"),
+        "{e}"
+    );
+}
