@@ -27,6 +27,36 @@ fn ready_line(console: &[String]) -> &str {
         })
 }
 
+/// The initramfs's error line (the boot was refused).
+fn initramfs_error(console: &[String]) -> &str {
+    console
+        .iter()
+        .find(|l| l.starts_with("kiln-initramfs: error:"))
+        .map(String::as_str)
+        .unwrap_or_else(|| {
+            panic!(
+                "no initramfs error; last console lines:\n{}",
+                console[console.len().saturating_sub(40)..].join("\n")
+            )
+        })
+}
+
+/// Boots `img` under UEFI with `other` attached writable on the AHCI controller (/dev/sda,
+/// whose name sorts before the boot disk's).
+fn run_beside(img: &Path, other: &Path) -> (bool, Vec<String>) {
+    run_until_ready(
+        img,
+        &[
+            "--firmware",
+            "uefi",
+            "--attach-rw",
+            other.to_str().unwrap(),
+            "--attach-disk",
+            "ide-hd",
+        ],
+    )
+}
+
 /// (a) Beside a writable copy of another kiln image (the v2 build: other identity, its own
 /// USR-A, ROOT and OEM with the same names and the same USR GUIDs), the minimal image boots
 /// its own system from its own disk, writes nothing to the other one, and the agent acts on
@@ -39,17 +69,7 @@ fn boots_from_its_own_disk_beside_another_kiln_image() {
     let img = copy_image(minimal_image(), "bootdisk-own.raw");
     let other = copy_image(&other_src, "bootdisk-other.raw");
     let before = file_hash(&other);
-    let (ok, console) = run_until_ready(
-        &img,
-        &[
-            "--firmware",
-            "uefi",
-            "--attach-rw",
-            other.to_str().unwrap(),
-            "--attach-disk",
-            "ide-hd",
-        ],
-    );
+    let (ok, console) = run_beside(&img, &other);
     let line = ready_line(&console);
     assert!(ok, "{line}");
     for (k, v) in [
@@ -109,15 +129,7 @@ fn refuses_to_boot_beside_a_copy_of_itself() {
         &["--firmware", "bios", "--attach", twin.to_str().unwrap()],
     );
     assert!(!ok, "booted beside a copy of itself");
-    let err = console
-        .iter()
-        .find(|l| l.starts_with("kiln-initramfs: error:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no initramfs error; last console lines:\n{}",
-                console[console.len().saturating_sub(40)..].join("\n")
-            )
-        });
+    let err = initramfs_error(&console);
     assert!(
         err.contains("is on 2 disks (/dev/vda, /dev/vdb)")
             && err.contains("copies of one image")
@@ -248,17 +260,7 @@ fn without_kiln_disk_a_name_on_two_disks_is_refused() {
     let img = without_boot_disk_arg(minimal_image(), "bootdisk-legacy.raw");
     let other = copy_image(&other_src, "bootdisk-legacy-other.raw");
     let before = file_hash(&other);
-    let (ok, console) = run_until_ready(
-        &img,
-        &[
-            "--firmware",
-            "uefi",
-            "--attach-rw",
-            other.to_str().unwrap(),
-            "--attach-disk",
-            "ide-hd",
-        ],
-    );
+    let (ok, console) = run_beside(&img, &other);
     assert!(!ok, "booted with a second kiln disk and no kiln.disk=");
     assert!(
         console
@@ -266,15 +268,7 @@ fn without_kiln_disk_a_name_on_two_disks_is_refused() {
             .any(|l| l.contains("warning: no kiln.disk= on the kernel command line")),
         "no warning about the missing kiln.disk="
     );
-    let err = console
-        .iter()
-        .find(|l| l.starts_with("kiln-initramfs: error:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no initramfs error; last console lines:\n{}",
-                console[console.len().saturating_sub(40)..].join("\n")
-            )
-        });
+    let err = initramfs_error(&console);
     assert!(
         err.contains("2 partitions match")
             && err.contains("/dev/sda")

@@ -221,14 +221,40 @@ fn a_failure_while_writing_leaves_the_target_unbootable() {
 
 /// Applies `p` to the disk as the system running from A, with `opts`.
 fn try_apply(disk: &Disk, p: &Path, opts: &Options) -> anyhow::Result<kiln_update::apply::Applied> {
+    apply_logged(disk, p, opts, &mut Vec::new())
+}
+
+/// [`try_apply`], keeping apply's progress lines in `lines`.
+fn apply_logged(
+    disk: &Disk,
+    p: &Path,
+    opts: &Options,
+    lines: &mut Vec<String>,
+) -> anyhow::Result<kiln_update::apply::Applied> {
     apply(
         disk,
         &mut std::fs::File::open(p).unwrap(),
         &[key(7).verifying_key()],
         &running_a(),
         opts,
-        &mut |_| {},
+        &mut |m| lines.push(m.to_string()),
     )
+}
+
+/// Puts `/kiln/<name>` of `len` zero bytes on the test disk's ESP (at `esp_offset`), as a
+/// build leaves slot B's fixed-size files.
+fn put_zero_file(dir: &Path, img: &Path, esp_offset: u64, name: &str, len: usize) {
+    let f = dir.join(name);
+    std::fs::write(&f, vec![0u8; len]).unwrap();
+    let o = std::process::Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{esp_offset}", img.display()))
+        .arg(&f)
+        .arg(format!("::/kiln/{name}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// `f` must fail with all of `words`, and leave every byte of the image as it was.
@@ -759,18 +785,10 @@ fn apply_overwrites_fixed_size_slot_files_in_place() {
         let d = Disk::open(&img, false).unwrap();
         (d.esp.offset, d.esp.len)
     };
-    let i = format!("{}@@{}", img.display(), esp_at.0);
     // Slot B's files as the build leaves them: all zeros, the kernel's 64 KiB, the
     // initramfs's 5 bytes (too small for "initrd-v2").
     for (name, len) in [("vmlinuz-b", 65536usize), ("initrd-b", 5)] {
-        let f = dir.path().join(name);
-        std::fs::write(&f, vec![0u8; len]).unwrap();
-        let o = std::process::Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .args(["-i", &i, f.to_str().unwrap(), &format!("::/kiln/{name}")])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        put_zero_file(dir.path(), &img, esp_at.0, name, len);
     }
     let read_esp = || {
         let b = std::fs::read(&img).unwrap();
@@ -784,15 +802,7 @@ fn apply_overwrites_fixed_size_slot_files_in_place() {
         .unwrap();
     let p = make_payload(dir.path(), "good", "test-board", &[7u8; 4096], &key(7));
     let mut lines = Vec::new();
-    apply(
-        &disk,
-        &mut std::fs::File::open(&p).unwrap(),
-        &[key(7).verifying_key()],
-        &running_a(),
-        &Options::default(),
-        &mut |m| lines.push(m.to_string()),
-    )
-    .unwrap();
+    apply_logged(&disk, &p, &Options::default(), &mut lines).unwrap();
     drop(disk);
     let esp = Disk::open(&img, false).unwrap().open_esp().unwrap();
     let mut want = b"kernel-v2".to_vec();
@@ -836,15 +846,7 @@ fn apply_overwrites_fixed_size_slot_files_in_place() {
         &|raw, out| kiln_formats::xz_compress(raw, out, 1, 0, None),
     );
     let mut lines = Vec::new();
-    apply(
-        &disk,
-        &mut std::fs::File::open(&p3).unwrap(),
-        &[key(7).verifying_key()],
-        &running_a(),
-        &Options::default(),
-        &mut |m| lines.push(m.to_string()),
-    )
-    .unwrap();
+    apply_logged(&disk, &p3, &Options::default(), &mut lines).unwrap();
     drop(disk);
     assert!(
         !lines.iter().any(|l| l.contains("through the FAT")),
@@ -884,16 +886,8 @@ fn set_next_refuses_a_slot_whose_kernel_file_is_empty() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_disk(dir.path());
     let esp_at = Disk::open(&img, false).unwrap().esp.offset;
-    let i = format!("{}@@{}", img.display(), esp_at);
     for name in ["vmlinuz-b", "initrd-b"] {
-        let f = dir.path().join(name);
-        std::fs::write(&f, vec![0u8; 8192]).unwrap();
-        let o = std::process::Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .args(["-i", &i, f.to_str().unwrap(), &format!("::/kiln/{name}")])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        put_zero_file(dir.path(), &img, esp_at, name, 8192);
     }
     let disk = Disk::open(&img, true).unwrap();
     let mut st = disk.state().unwrap();
