@@ -12,6 +12,24 @@ pub fn sha256sum(path: &Path) -> String {
     hex
 }
 
+/// The SHA-256 of `len` bytes of `path` from `offset` (a partition of a disk image), read by
+/// dd and hashed by `sha256sum`, checked to be 64 lower-case hex digits.
+pub fn range_sha256(path: &Path, offset: u64, len: u64) -> String {
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dd | sha256sum of {path:?} failed");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let hex = out.split_whitespace().next().unwrap_or("").to_string();
+    assert!(is_sha256(&hex), "sha256sum printed {out:?} for {path:?}");
+    hex
+}
+
 /// 64 lower-case hex digits.
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -9,11 +9,6 @@ use std::path::Path;
 
 use kiln_tests::*;
 
-/// SHA-256 of the whole file (a disk that must not change).
-fn file_hash(p: &Path) -> String {
-    tool("sha256sum", &[p.to_str().unwrap()])[..64].to_string()
-}
-
 fn ready_line(console: &[String]) -> &str {
     console
         .iter()
@@ -68,7 +63,7 @@ fn boots_from_its_own_disk_beside_another_kiln_image() {
     assert!(other_src.exists(), "{} was not built", other_src.display());
     let img = copy_image(minimal_image(), "bootdisk-own.raw");
     let other = copy_image(&other_src, "bootdisk-other.raw");
-    let before = file_hash(&other);
+    let before = kiln_tests::exact::sha256sum(&other);
     let (ok, console) = run_beside(&img, &other);
     let line = ready_line(&console);
     assert!(ok, "{line}");
@@ -106,7 +101,7 @@ fn boots_from_its_own_disk_beside_another_kiln_image() {
         "the initramfs did not name the boot disk by the ESP's GUID {esp_guid}"
     );
     assert_eq!(
-        file_hash(&other),
+        kiln_tests::exact::sha256sum(&other),
         before,
         "the boot wrote to the other disk"
     );
@@ -259,7 +254,7 @@ fn without_kiln_disk_a_name_on_two_disks_is_refused() {
     let other_src = test_dir().join("updates/v2_image.bin");
     let img = without_boot_disk_arg(minimal_image(), "bootdisk-legacy.raw");
     let other = copy_image(&other_src, "bootdisk-legacy-other.raw");
-    let before = file_hash(&other);
+    let before = kiln_tests::exact::sha256sum(&other);
     let (ok, console) = run_beside(&img, &other);
     assert!(!ok, "booted with a second kiln disk and no kiln.disk=");
     assert!(
@@ -277,7 +272,7 @@ fn without_kiln_disk_a_name_on_two_disks_is_refused() {
         "{err}"
     );
     assert_eq!(
-        file_hash(&other),
+        kiln_tests::exact::sha256sum(&other),
         before,
         "the boot wrote to the other disk"
     );

@@ -185,23 +185,6 @@ fn expected(payload_path: &Path) -> (String, Expected) {
     )
 }
 
-fn sha256_of(path: &Path) -> String {
-    tool("sha256sum", &[path.to_str().unwrap()])[..64].to_string()
-}
-
-fn range_sha256(image: &Path, offset: u64, len: u64) -> String {
-    let o = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
-            image.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)[..64].to_string()
-}
-
 /// What one ESP looks like to the checks.
 #[derive(Clone, Debug)]
 struct EspVerdict {
@@ -387,7 +370,7 @@ impl<'a> Checker<'a> {
         let key = (usr_fp, v.version.clone(), si);
         if !self.memo_usr.contains_key(&key) {
             let ok = match self.expected.get(&v.version) {
-                Some(x) => range_sha256(&self.work, uo, x.usr.0) == x.usr.1,
+                Some(x) => kiln_tests::exact::range_sha256(&self.work, uo, x.usr.0) == x.usr.1,
                 None => false,
             };
             self.memo_usr.insert(key.clone(), ok);
@@ -579,7 +562,7 @@ impl<'a> Checker<'a> {
                     ));
                 }
                 std::fs::write(&out, &bytes[..len]).unwrap();
-                if sha256_of(&out) != *sha {
+                if kiln_tests::exact::sha256sum(&out) != *sha {
                     return Err(format!("the boot slot's /{file} is not {version}'s"));
                 }
             }

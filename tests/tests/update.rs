@@ -8,19 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_tests::*;
 
-/// SHA-256 of a byte range of a file (a partition of a disk image).
-fn range_hash(image: &Path, offset: u64, len: u64) -> String {
-    let o = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
-            image.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)[..64].to_string()
-}
+use kiln_tests::exact::range_sha256;
 
 /// Byte ranges of a partition, by GPT partition number.
 fn part(image: &Path, number: u32) -> (u64, u64) {
@@ -37,7 +25,7 @@ fn slots_and_esp(image: &Path) -> Vec<String> {
         .iter()
         .map(|&n| {
             let (o, l) = part(image, n);
-            range_hash(image, o, l)
+            range_sha256(image, o, l)
         })
         .collect()
 }
@@ -81,7 +69,10 @@ fn payload_is_built_signed_and_described() {
     let size = usr["size"].as_u64().unwrap();
     let (off, len) = part(img, 3);
     assert!(size <= len);
-    assert_eq!(range_hash(img, off, size), usr["sha256"].as_str().unwrap());
+    assert_eq!(
+        range_sha256(img, off, size),
+        usr["sha256"].as_str().unwrap()
+    );
     // The image trusts the key that signed it.
     assert!(text(&o).contains("verified"), "{}", text(&o));
 }
@@ -505,7 +496,7 @@ fn interrupted_update_of_a_bootable_slot_then_rollback_of_a_broken_one() {
     let st = slot_status(&img);
     assert_eq!(slot(&st, "a"), (1, 0, true, "0.1.0".into()), "{st}");
     let (b_off, b_len) = part(&img, 4);
-    let usr_b = range_hash(&img, b_off, b_len);
+    let usr_b = range_sha256(&img, b_off, b_len);
 
     let mut c = Console::start("ab-guest-2", &img, &[v3]);
     c.ready();
@@ -520,7 +511,7 @@ fn interrupted_update_of_a_bootable_slot_then_rollback_of_a_broken_one() {
     );
     assert_eq!(slot(&st, "b"), (2, 0, true, "0.2.0".into()), "{st}");
     assert_eq!(st["next_boot"]["slot"], "B", "{st}");
-    assert_eq!(range_hash(&img, b_off, b_len), usr_b, "USR-B changed");
+    assert_eq!(range_sha256(&img, b_off, b_len), usr_b, "USR-B changed");
 
     let mut c = Console::start("ab-guest-3", &img, &[v3]);
     let r = c.ready();
@@ -759,8 +750,8 @@ fn a_huge_esp_in_a_tiny_image_is_refused_before_copying() {
         let m = std::fs::metadata(p).unwrap().modified().unwrap();
         format!(
             "{} {} {m:?}",
-            range_hash(p, 0, 1 << 20),
-            range_hash(p, len - (1 << 20), 1 << 20)
+            range_sha256(p, 0, 1 << 20),
+            range_sha256(p, len - (1 << 20), 1 << 20)
         )
     };
     let (raw_sum, q_sum) = (sum(&raw), sum(&q));
