@@ -17,16 +17,14 @@ impl Gpt {
     /// input leaves `dev` untouched. The device is not resized; writing the
     /// backup header at the last LBA extends a shorter file.
     pub fn write<D: Write + Seek>(&self, dev: &mut D, boot_code: Option<&[u8]>) -> Result<()> {
-        self.validate().context("invalid partition table")?;
-        let mbr = mbr::encode(self.disk_sectors, boot_code)?;
-        let array = self.encode_entries()?;
-        let array_crc = crc32fast::hash(&array);
-        let last_lba = self.disk_sectors - 1;
-        let backup_array_lba = self.disk_sectors - BACKUP_SECTORS;
-        let primary = self.header(1, last_lba, 2, array_crc).encode()?;
-        let backup = self
-            .header(last_lba, 1, backup_array_lba, array_crc)
-            .encode()?;
+        let Encoded {
+            mbr,
+            array,
+            primary,
+            backup,
+            last_lba,
+            backup_array_lba,
+        } = self.encoded(boot_code)?;
 
         // Primary array before its header, then the backup: if we are
         // interrupted, one copy is always either old-and-valid or new-and-valid.
@@ -58,10 +56,29 @@ impl Gpt {
         dev: &mut D,
         sync: &mut dyn FnMut(&mut D) -> Result<()>,
     ) -> Result<()> {
-        self.validate().context("invalid partition table")?;
         let mut boot_code = [0u8; BOOT_CODE_SIZE];
         read_at(dev, 0, &mut boot_code).context("reading existing MBR boot code")?;
-        let mbr = mbr::encode(self.disk_sectors, Some(&boot_code))?;
+        let Encoded {
+            mbr,
+            array,
+            primary,
+            backup,
+            last_lba,
+            backup_array_lba,
+        } = self.encoded(Some(&boot_code))?;
+        write_at(dev, backup_array_lba, &array).context("writing backup GPT entry array")?;
+        write_at(dev, last_lba, &backup).context("writing backup GPT header")?;
+        sync(dev).context("syncing the backup GPT")?;
+        write_at(dev, 0, &mbr).context("writing protective MBR")?;
+        write_at(dev, 2, &array).context("writing primary GPT entry array")?;
+        write_at(dev, 1, &primary).context("writing primary GPT header")?;
+        sync(dev).context("syncing the primary GPT")
+    }
+
+    /// Everything a write puts on the disk, encoded and validated before the first write.
+    fn encoded(&self, boot_code: Option<&[u8]>) -> Result<Encoded> {
+        self.validate().context("invalid partition table")?;
+        let mbr = mbr::encode(self.disk_sectors, boot_code)?;
         let array = self.encode_entries()?;
         let array_crc = crc32fast::hash(&array);
         let last_lba = self.disk_sectors - 1;
@@ -70,13 +87,14 @@ impl Gpt {
         let backup = self
             .header(last_lba, 1, backup_array_lba, array_crc)
             .encode()?;
-        write_at(dev, backup_array_lba, &array).context("writing backup GPT entry array")?;
-        write_at(dev, last_lba, &backup).context("writing backup GPT header")?;
-        sync(dev).context("syncing the backup GPT")?;
-        write_at(dev, 0, &mbr).context("writing protective MBR")?;
-        write_at(dev, 2, &array).context("writing primary GPT entry array")?;
-        write_at(dev, 1, &primary).context("writing primary GPT header")?;
-        sync(dev).context("syncing the primary GPT")
+        Ok(Encoded {
+            mbr,
+            array,
+            primary,
+            backup,
+            last_lba,
+            backup_array_lba,
+        })
     }
 
     fn header(
@@ -113,4 +131,14 @@ impl Gpt {
         }
         Ok(array)
     }
+}
+
+/// The protective MBR, the entry array, both headers and where the backup goes.
+struct Encoded {
+    mbr: [u8; 512],
+    array: Vec<u8>,
+    primary: [u8; 512],
+    backup: [u8; 512],
+    last_lba: u64,
+    backup_array_lba: u64,
 }
