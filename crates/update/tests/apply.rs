@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use kiln_disk::{plan, Attributes, PartitionSpec, Slot};
+use kiln_disk::{plan, Slot};
 use kiln_update::apply::{apply, Disk, Options, Running};
 use kiln_update::payload::{self, Meta, SectionName};
 use kiln_update::state::{SlotFields, SlotState};
@@ -537,14 +537,6 @@ fn an_xz_body_beyond_the_memory_limit_is_refused_before_writing() {
 #[test]
 fn a_huge_esp_is_refused_before_it_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = |number, label: &str, type_guid, part_guid, size| PartitionSpec {
-        number,
-        label: label.into(),
-        type_guid,
-        part_guid,
-        size_bytes: size,
-        attributes: Attributes::default(),
-    };
     let p = plan(
         &[
             spec(1, "EFI-SYSTEM", ESP, Uuid::from_u128(1), 2 << 30),

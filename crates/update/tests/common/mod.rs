@@ -19,15 +19,25 @@ pub fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-pub fn make_disk(dir: &Path) -> PathBuf {
-    let spec = |number, label: &str, type_guid, part_guid, size| PartitionSpec {
+/// A GPT partition of the test disks, with no attributes.
+pub fn spec(
+    number: u32,
+    label: &str,
+    type_guid: Uuid,
+    part_guid: Uuid,
+    size: u64,
+) -> PartitionSpec {
+    PartitionSpec {
         number,
         label: label.into(),
         type_guid,
         part_guid,
         size_bytes: size,
         attributes: Attributes::default(),
-    };
+    }
+}
+
+pub fn make_disk(dir: &Path) -> PathBuf {
     let p = plan(
         &[
             spec(1, "EFI-SYSTEM", ESP, Uuid::from_u128(1), 40 * MIB),
